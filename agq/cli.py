@@ -1,0 +1,53 @@
+"""The one command line, ``agq``. Each subcommand lives in its stage's own small ``cli`` module.
+
+Stage modules are imported only when their subcommand runs, so that ``agq train`` never pays for
+importing FINN. Any :class:`AgqError` becomes one line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from agq import __version__
+from agq.errors import AgqError
+
+# subcommand -> module with ``register(subparsers)``; its parser sets ``func(args) -> int``.
+COMMANDS = {
+    "train": "training.cli",
+    "export": "export.cli",
+    "build": "hw.cli",
+    "rtlsim": "hw.rtlsim.cli",
+    "bench": "bench.cli",
+}
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agq", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"agq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
+    for name in COMMANDS:
+        if name in wanted:
+            importlib.import_module(COMMANDS[name]).register(sub)
+        else:
+            sub.add_parser(name, help=f"(see agq {name} --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AgqError as exc:
+        print(f"agq {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"agq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

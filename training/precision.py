@@ -1,0 +1,50 @@
+"""Switch Brevitas quantization on and off per module, with Brevitas' own ``disable_quant`` flags.
+
+Used by full-precision pre-training (everything off), by SSP (fragments off at random) and by tests.
+No module is swapped or copied: a disabled QuantReLU still applies its ReLU, a disabled QuantConv uses
+its float weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjectorBase
+from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
+from torch import nn
+
+
+def set_precision(module: nn.Module, weights: bool, acts: bool) -> None:
+    """Quantize (True) or run full precision (False) every weight / activation quantizer inside ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, WeightQuantProxyFromInjectorBase):
+            sub.disable_quant = not weights
+        elif isinstance(sub, ActQuantProxyFromInjectorBase):
+            sub.disable_quant = not acts
+
+
+def precision_state(module: nn.Module) -> list[bool]:
+    """Which quantizers inside ``module`` are enabled, in module order (for save/restore and tests)."""
+    return [
+        not sub.disable_quant
+        for sub in module.modules()
+        if isinstance(sub, WeightQuantProxyFromInjectorBase | ActQuantProxyFromInjectorBase)
+    ]
+
+
+@contextmanager
+def full_precision(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` with every quantizer off, restoring the previous state afterwards."""
+    proxies = [
+        sub for sub in module.modules()
+        if isinstance(sub, WeightQuantProxyFromInjectorBase | ActQuantProxyFromInjectorBase)
+    ]
+    before = [p.disable_quant for p in proxies]
+    for p in proxies:
+        p.disable_quant = True
+    try:
+        yield module
+    finally:
+        for p, state in zip(proxies, before, strict=True):
+            p.disable_quant = state

@@ -1,0 +1,50 @@
+"""Brevitas quantizer definitions: the one place that knows bit widths, scaling and narrow range.
+
+Each quantizer is composed from Brevitas' own mixins, so a bit width or a scaling rule changes in one
+line. The choices are dictated by what FINN can turn into integer-only RTL on a DSP48E1 part:
+
+* weights are signed and narrow-range (2-bit narrow = ternary), because FINN's RTL MVAU on DSP48E1 only
+  takes narrow-range signed weights (full-range 2-bit weights fall back to HLS);
+* low-bit weight scales are learned per output channel, initialised from mean |w| (a TWN-like ternary
+  threshold at half the mean magnitude); FINN folds per-channel scales into the next thresholds;
+* the 16-bit first conv and last FC use a per-tensor max-scaled quantizer: the last FC's scale times the
+  last activation scale is then one scalar, the logit scale that stays on the host;
+* activations are unsigned k-bit with a learned per-tensor scale (PACT-like), which FINN turns into
+  MultiThreshold nodes together with the preceding BatchNorm.
+"""
+
+from __future__ import annotations
+
+from brevitas.inject.enum import ScalingImplType, StatsOp
+from brevitas.quant.base import NarrowIntQuant, PerChannelFloatScaling8bit
+from brevitas.quant.scaled_int import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxInit
+from brevitas.quant.solver import WeightQuantSolver
+
+
+class LowBitWeightQuant(NarrowIntQuant, PerChannelFloatScaling8bit, WeightQuantSolver):
+    """Signed narrow-range k-bit weights, learned per-channel scale initialised from mean |w|."""
+
+    scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
+    scaling_stats_op = StatsOp.AVE
+    scaling_min_val = 1e-8
+
+
+class WideWeightQuant(Int8WeightPerTensorFloat):
+    """Signed narrow-range weights (16 bit by default) with a per-tensor max-statistics scale."""
+
+    bit_width = 16
+
+
+class LowBitActQuant(Uint8ActPerTensorFloatMaxInit):
+    """Unsigned k-bit activations with a learned per-tensor scale initialised from ``max_val``."""
+
+
+def weight_quant(bits: int, wide: bool) -> type:
+    """The weight quantizer for a layer: ``wide`` marks the first conv and the last FC."""
+    base = WideWeightQuant if wide else LowBitWeightQuant
+    return base.let(bit_width=bits)
+
+
+def act_quant(bits: int, max_val: float) -> type:
+    """The activation quantizer of every QuantReLU."""
+    return LowBitActQuant.let(bit_width=bits, max_val=max_val)
