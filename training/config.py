@@ -94,12 +94,15 @@ class BaselineConfig:
 
     kd: bool = False
     kd_temperature: float = 1.0
+    kd_beta: float = 1.0
     aux_losses: bool = False
     aux_alpha: float = 0.01
 
     def validate(self) -> None:
         if self.kd_temperature <= 0:
             raise AgqError(f"config baseline.kd_temperature={self.kd_temperature}: must be > 0")
+        if self.kd_beta < 0:
+            raise AgqError(f"config baseline.kd_beta={self.kd_beta}: must be >= 0")
         if self.aux_alpha < 0:
             raise AgqError(f"config baseline.aux_alpha={self.aux_alpha}: must be >= 0")
 

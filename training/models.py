@@ -67,13 +67,19 @@ class Block(nn.Module):
                     weight_quant=weight_quant(cfg.weight_bits, wide=False),
                 )
 
-    def forward(self, x: torch.Tensor, bns: Sequence[nn.Module] | None = None) -> torch.Tensor:
+    def layer_outputs(self, x: torch.Tensor, bns: Sequence[nn.Module] | None = None) -> list[torch.Tensor]:
+        """Every conv layer's output; the last one includes the shortcut, i.e. it is the block output."""
+        outputs = []
         out = x
         for i, layer in enumerate(self.layers):
             out = layer(out, None if bns is None else bns[i])
+            outputs.append(out)
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return out
+            outputs[-1] = outputs[-1] + self.shortcut(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor, bns: Sequence[nn.Module] | None = None) -> torch.Tensor:
+        return self.layer_outputs(x, bns)[-1]
 
 
 class Head(nn.Module):
@@ -114,16 +120,24 @@ class QuantCNN(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(cin, size, cfg)
 
+    def layer_outputs(
+        self, x: torch.Tensor, bns: Sequence[Sequence[nn.Module]] | None = None
+    ) -> list[list[torch.Tensor]]:
+        """Per block, every conv layer's output (see :meth:`Block.layer_outputs`), optionally with
+        other BatchNorm layers (H's): ``bns[i][j]`` replaces the BN of layer j in block i."""
+        out = self.stem(x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            layers = block.layer_outputs(out, None if bns is None else bns[i])
+            outputs.append(layers)
+            out = layers[-1]
+        return outputs
+
     def block_outputs(
         self, x: torch.Tensor, bns: Sequence[Sequence[nn.Module]] | None = None
     ) -> list[torch.Tensor]:
         """O_1..O_P: every block's output, optionally with other BatchNorm layers (H's)."""
-        out = self.stem(x)
-        outputs = []
-        for i, block in enumerate(self.blocks):
-            out = block(out, None if bns is None else bns[i])
-            outputs.append(out)
-        return outputs
+        return [layers[-1] for layers in self.layer_outputs(x, bns)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block_outputs(x)[-1])

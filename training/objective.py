@@ -1,0 +1,97 @@
+"""The fine-tuning objective: F plus whatever training adds (AG's H, SSP, KD teacher, additional losses).
+
+The loop builds it once after full-precision pre-training, optimises ``objective.parameters()`` and
+calls, per step::
+
+    loss, logits = objective(x, y, progress)   # progress = fractional fine-tuning epoch
+    loss.backward(); optimizer.step()
+
+* ``logits``: ``{"F": ...}`` plus ``"H"`` when AG is on (for H's top-1).
+* ``objective.evaluate(x)``: the same dict without grad, F fully quantized (the caller sets eval()).
+* ``objective.deployable()``: F alone, fully quantized; its state_dict holds no AG/KD/aux parameter.
+* ``objective.delta(progress)``: SSP's delta at that progress (0.0 without SSP), for logging.
+* ``objective.state_dict()`` carries SSP's generator state (``ssp._extra_state``): load it on resume.
+
+The loss (any combination, each term only when its config switch is on)::
+
+    L = CE(F) + lam * CE(H)                          AG, Eq. 2
+          + CE(teacher) + beta * T^2 * KL(t || s)    KD (training.baselines)
+          + alpha * sum_i CE(head_i(O_i))            additional losses (training.baselines)
+
+Choices: the AG loss is Eq. 2 as written, without Algorithm 1's 1 / (1 + lambda) on the shared weights'
+gradient. That factor only rescales the shared weights' gradient, which Adam's per-parameter
+normalisation cancels (up to its epsilon); leaving it out keeps the gradient of every parameter exactly
+that of the returned loss, which is what the tests check. With SSP, one mask is drawn per step and F and H
+both run with it: H's low-precision path *is* F's modules, so H sees the F of this step. Under
+DistributedDataParallel, SSP and KD leave some parameters without gradient in a step (the scales of
+quantizers switched off): wrap with ``find_unused_parameters=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as tf
+from torch import nn
+
+from training.ag import AuxiliaryGradientModule
+from training.baselines import AdditionalLosses, Distillation
+from training.config import Config
+from training.models import QuantCNN
+from training.precision import set_precision
+from training.ssp import StochasticPrecision
+
+
+class TrainingObjective(nn.Module):
+    """F as ``.model`` and the training-only parts as optional submodules ``ag``, ``ssp``, ``kd``, ``aux``."""
+
+    def __init__(self, model: QuantCNN, cfg: Config) -> None:
+        super().__init__()
+        self.model = model
+        self.lam = cfg.ag.lam
+        self.ag = AuxiliaryGradientModule(model, cfg.ag.granularity) if cfg.ag.enabled else None
+        self.ssp = StochasticPrecision(model, cfg.ssp, cfg.train.seed) if cfg.ssp.enabled else None
+        base = cfg.baseline
+        self.kd = Distillation(model, base.kd_temperature, base.kd_beta) if base.kd else None
+        self.aux = AdditionalLosses(model, base.aux_alpha) if base.aux_losses else None
+        set_precision(self.model, weights=True, acts=True)
+
+    def delta(self, progress: float) -> float:
+        """SSP's stochastic ratio at ``progress`` fine-tuning epochs (0.0 when SSP is off)."""
+        return 0.0 if self.ssp is None else self.ssp.delta(progress)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, progress: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        precision = contextlib.nullcontext() if self.ssp is None else self.ssp.sampled(progress)
+        with precision:
+            outputs = self.model.block_outputs(x)
+            logits = {"F": self.model.head(outputs[-1])}
+            if self.ag is not None:
+                logits["H"] = self.ag(self.model, x)
+        loss = tf.cross_entropy(logits["F"], y)
+        if self.ag is not None:
+            loss = loss + self.lam * tf.cross_entropy(logits["H"], y)
+        if self.kd is not None:
+            loss = loss + self.kd.loss(x, y, logits["F"])
+        if self.aux is not None:
+            loss = loss + self.aux.loss(outputs, y)
+        return loss, logits
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of the fully quantized F (and of H with AG); the caller chooses train()/eval()."""
+        logits = {"F": self.model(x)}
+        if self.ag is not None:
+            logits["H"] = self.ag(self.model, x)
+        return logits
+
+    def deployable(self) -> QuantCNN:
+        """F alone (fully quantized): the network that is exported; nothing of H, KD or aux is in it."""
+        return self.model
+
+
+def build_objective(model: QuantCNN, cfg: Config) -> TrainingObjective:
+    """The fine-tuning objective for F as ``cfg`` (ag, ssp, baseline sections) asks."""
+    return TrainingObjective(model, cfg)
