@@ -33,6 +33,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as tf
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer as QuantWBIOL
 from torch import nn
 
 from training.ag import AuxiliaryGradientModule
@@ -56,6 +57,7 @@ class TrainingObjective(nn.Module):
         self.kd = Distillation(model, base.kd_temperature, base.kd_beta) if base.kd else None
         self.aux = AdditionalLosses(model, base.aux_alpha) if base.aux_losses else None
         set_precision(self.model, weights=True, acts=True)
+        init_weight_scales(self.model)
 
     def delta(self, progress: float) -> float:
         """SSP's stochastic ratio at ``progress`` fine-tuning epochs (0.0 when SSP is off)."""
@@ -90,6 +92,19 @@ class TrainingObjective(nn.Module):
     def deployable(self) -> QuantCNN:
         """F alone (fully quantized): the network that is exported; nothing of H, KD or aux is in it."""
         return self.model
+
+
+@torch.no_grad()
+def init_weight_scales(model: QuantCNN) -> None:
+    """Initialise every weight quantizer's scale from F's (pre-trained) weights now.
+
+    Brevitas initialises a stats-derived scale lazily at the first quantized forward; doing it here for
+    all layers makes the start of fine-tuning independent of which fragments SSP quantizes first, and
+    puts every scale into F's state_dict from the start.
+    """
+    for layer in model.modules():
+        if isinstance(layer, QuantWBIOL):
+            layer.quant_weight()
 
 
 def build_objective(model: QuantCNN, cfg: Config) -> TrainingObjective:

@@ -1,0 +1,133 @@
+"""SSP: the delta schedule, sampling frequencies (fixed seed), W/A independence, switching, resume."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from tests.test_ag import batch, tiny_config
+from training.models import build_model
+from training.objective import build_objective
+from training.precision import precision_state
+from training.ssp import StochasticPrecision, fragments, ssp_delta
+
+DRAWS = 2000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def binomial_tolerance(p: float, n: int, sigmas: float = 4.5) -> float:
+    """Half-width of a +-4.5 sigma interval for a frequency of n Bernoulli(p) draws (two-sided ~7e-6)."""
+    return sigmas * math.sqrt(p * (1 - p) / n)
+
+
+def sampler(fragment: str = "layer", wa: bool = False, seed: int = 0, **model) -> StochasticPrecision:
+    ssp = {"enabled": True, "fragment": fragment, "weights_activations": wa, "decay_epochs": 4.0}
+    cfg = tiny_config(ssp=ssp, model=model)
+    return StochasticPrecision(build_model(cfg.model), cfg.ssp, seed)
+
+
+def test_delta_schedule():
+    assert ssp_delta(0.0, 0.5, 20) == 0.5
+    assert ssp_delta(5.0, 0.5, 20) == pytest.approx(0.375)
+    assert ssp_delta(10.0, 0.5, 20) == pytest.approx(0.25)
+    assert ssp_delta(19.5, 0.5, 20) == pytest.approx(0.0125)
+    assert ssp_delta(20.0, 0.5, 20) == 0.0
+    assert ssp_delta(33.0, 0.5, 20) == 0.0
+    assert ssp_delta(0.0, 0.5, 0) == 0.0
+    assert sampler().delta(2.0) == pytest.approx(0.5 * (1 - 2.0 / 4))
+
+
+def test_fragments_blockdrop_and_layerdrop():
+    model = build_model(tiny_config(model={"arch": "residual", "convs_per_block": 2}).model)
+    assert fragments(model, "block") == list(model.blocks)
+    layers = fragments(model, "layer")
+    # 2 conv layers per block + the projection shortcut of the two blocks whose shape changes
+    assert len(layers) == 3 * 2 + 2
+    assert model.stem not in layers and model.head not in layers
+
+
+@pytest.mark.parametrize("progress", [0.0, 1.6])
+def test_quantized_frequency_is_one_minus_delta(progress):
+    ssp = sampler()
+    delta = ssp.delta(progress)
+    masks = torch.stack([ssp.sample(progress) for _ in range(DRAWS)]).float()
+    assert torch.equal(masks[..., 0], masks[..., 1])  # without W/A one draw decides both
+    freq = masks[..., 0].mean(0)  # per fragment
+    tol = binomial_tolerance(1 - delta, DRAWS)
+    assert ((freq - (1 - delta)).abs() <= tol).all(), (freq, 1 - delta, tol)
+    pooled = masks[..., 0].mean()
+    assert abs(pooled - (1 - delta)) <= binomial_tolerance(1 - delta, DRAWS * masks.shape[1])
+
+
+def test_weights_and_activations_are_drawn_independently():
+    ssp = sampler(wa=True)
+    p = 1 - ssp.delta(0.0)
+    masks = torch.stack([ssp.sample(0.0) for _ in range(DRAWS)]).float()
+    weights, acts = masks[..., 0].flatten(), masks[..., 1].flatten()
+    n = weights.numel()
+    for freq, expected in ((weights.mean(), p), (acts.mean(), p), ((weights * acts).mean(), p * p),
+                           (((1 - weights) * acts).mean(), (1 - p) * p)):
+        assert abs(freq - expected) <= binomial_tolerance(expected, n)
+
+
+def test_delta_zero_quantizes_everything_without_drawing():
+    ssp = sampler(wa=True)
+    state = ssp.generator.get_state()
+    mask = ssp.sample(10.0)
+    assert mask.all() and torch.equal(ssp.generator.get_state(), state)
+
+
+def test_sampled_switches_fragments_only_and_restores_full_quantization():
+    cfg = tiny_config(ssp={"enabled": True, "fragment": "layer", "weights_activations": True})
+    model = build_model(cfg.model)
+    ssp = StochasticPrecision(model, cfg.ssp, seed=3)
+    seen_off = False
+    for _ in range(20):
+        with ssp.sampled(0.0) as mask:
+            for fragment, (w, a) in zip(ssp.fragments, mask.tolist(), strict=True):
+                assert not fragment.conv.weight_quant.disable_quant == w
+                assert not fragment.act.act_quant.disable_quant == a
+            assert all(precision_state(model.stem)) and all(precision_state(model.head))
+            seen_off |= not mask.all()
+        assert all(precision_state(model))
+    assert seen_off
+
+
+def test_training_step_leaves_f_fully_quantized_and_evaluation_quantized():
+    cfg = tiny_config(ssp={"enabled": True, "delta_start": 1.0})  # delta 1: every fragment full precision
+    model = build_model(cfg.model)
+    objective = build_objective(model, cfg)
+    x, y = batch()
+    _, logits = objective(x, y, 0.0)
+    assert all(precision_state(model))
+    assert objective.delta(0.0) == 1.0
+    objective.eval()
+    evaluated = objective.evaluate(x)["F"]
+    assert torch.equal(evaluated, model(x))
+    objective.train()
+    _, quantized = build_objective(model, tiny_config())(x, y, 0.0)  # same F, SSP off
+    assert not torch.allclose(logits["F"], quantized["F"])  # the SSP step really ran full precision
+
+
+def test_generator_state_round_trips_through_the_state_dict():
+    cfg = tiny_config(ssp={"enabled": True, "fragment": "layer", "weights_activations": True})
+    objective = build_objective(build_model(cfg.model), cfg)
+    for _ in range(5):
+        objective.ssp.sample(0.0)
+    buffer = io.BytesIO()
+    torch.save(objective.state_dict(), buffer)
+    expected = [objective.ssp.sample(0.0) for _ in range(10)]
+    other_cfg = tiny_config(ssp={"enabled": True, "fragment": "layer", "weights_activations": True},
+                            train={"seed": 123})
+    resumed = build_objective(build_model(other_cfg.model), other_cfg)
+    assert not all(torch.equal(resumed.ssp.sample(0.0), m) for m in expected)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert all(torch.equal(resumed.ssp.sample(0.0), m) for m in expected)
