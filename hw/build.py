@@ -1,0 +1,175 @@
+"""``build_accelerator``: exported QONNX model -> all-RTL, integer-only FINN dataflow accelerator.
+
+Output folder (default ``<model's folder>/<board>``): report.json (steps and times, certificate,
+estimates, host-side nodes, paths), build.log, intermediate_models/, FINN's report/,
+partition_hdl.onnx + parent.onnx (the stitchable RTL partition and its host graph) and finn_tmp/
+(FINN's generated HDL). With Vivado on PATH FINN's Vivado steps follow (stitched IP, bitfile, driver,
+deployment package under the same folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+import onnx
+
+from agq.errors import AgqError
+from hw import finn_env, vivado
+from hw.boards import DEFAULT_BOARD, Board, resolve_board
+from hw.config import HwConfig, load_hw_config
+
+QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
+REPORT = "report.json"
+LOG = "build.log"
+
+
+def load_qonnx(path: Path) -> onnx.ModelProto:
+    """The exported model, checked to be a QONNX model with an integer input; AgqError otherwise."""
+    if not path.is_file():
+        raise AgqError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError... for a non-ONNX file
+        raise AgqError(f"{path} is not an ONNX model ({type(exc).__name__}); "
+                       "export one with `agq export`") from None
+    if not proto.graph.node or not any(n.op_type in QONNX_OPS for n in proto.graph.node):
+        raise AgqError(f"{path} is not a QONNX model: it has no Quant nodes; export it with `agq export`")
+    return proto
+
+
+def _require_integer_input(model: object, path: Path) -> None:
+    name = model.graph.input[0].name
+    dt = model.get_tensor_datatype(name)
+    if not dt.is_integer():
+        raise AgqError(f"{path}: input {name!r} is {dt.name}; annotate it as the raw image type "
+                       "(UINT8), as `agq export` does, so the first layer stays integer")
+
+
+def _source_hash() -> str:
+    """Hash of agq's build code: a changed step must not reuse results of the old one."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path) -> str:
+    """Cache key of the whole build: input model, config, board, build folder, code and FINN version."""
+    digest = hashlib.sha256(proto.SerializeToString())
+    meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
+            "code": _source_hash(), "finn": version("finn-plus")}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
+    """FINN's DataflowBuildConfig (agq's subclass) for this build."""
+    from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
+
+    from hw.steps import AgqBuildConfig
+
+    return AgqBuildConfig(
+        output_dir=str(build_dir),
+        board=board.name,
+        shell_flow_type=ShellFlowType(board.shell),
+        synth_clk_period_ns=hw_cfg.clock_ns,
+        target_fps=hw_cfg.target_fps,
+        mvau_wwidth_max=hw_cfg.mvau_wwidth_max,
+        folding_config_file=Path(hw_cfg.folding_config) if hw_cfg.folding_config else None,
+        standalone_thresholds=True,
+        save_intermediate_models=True,
+        generate_outputs=[
+            DataflowOutputType.ESTIMATE_REPORTS,
+            DataflowOutputType.STITCHED_IP,
+            DataflowOutputType.BITFILE,
+            DataflowOutputType.PYNQ_DRIVER,
+            DataflowOutputType.DEPLOYMENT_PACKAGE,
+        ],
+        max_utilization=hw_cfg.max_utilization,
+    )
+
+
+def _write_report(build_dir: Path, data: dict) -> None:
+    tmp = build_dir / (REPORT + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(build_dir / REPORT)
+
+
+def build_accelerator(
+    model: Path,
+    board: str = DEFAULT_BOARD,
+    out_dir: Path | None = None,
+    allow_missing_vivado: bool = False,
+    config: Path | HwConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build the accelerator for ``model`` on ``board``; returns the build folder.
+
+    Without Vivado the build stops after HDL generation and raises AgqError with exit status 3, or,
+    with ``allow_missing_vivado``, prints the same paragraph and returns normally.
+    """
+    model = Path(model)
+    target = resolve_board(board)
+    hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
+    proto = load_qonnx(model)
+    build_dir = Path(out_dir) if out_dir is not None else model.parent / target.name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    missing = vivado.missing_tools()
+
+    finn_env.use_build_dir(build_dir)
+    finn_steps = finn_env.finn_steps(vivado=not missing)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw import steps
+    from hw.runner import StepRunner
+
+    wrapper = ModelWrapper(proto)
+    _require_integer_input(wrapper, model)
+    cfg = finn_config(hw_cfg, target, build_dir)
+    build_steps = list(steps.BUILD_STEPS) + ([] if missing else vivado.vivado_steps(finn_steps))
+    reports = build_dir / "report"
+    required = [build_dir / steps.PARTITION_HDL, build_dir / steps.PARENT,
+                reports / steps.CERTIFICATE, reports / steps.ESTIMATES]
+    start = time.perf_counter()
+    with (build_dir / LOG).open("a") as log:
+        print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
+        runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
+        runner.run(build_steps, wrapper, required)
+    seconds = time.perf_counter() - start
+    cert = json.loads((reports / steps.CERTIFICATE).read_text())
+    _write_report(build_dir, {
+        "model": str(model.resolve()),
+        "model_sha256": hashlib.sha256(proto.SerializeToString()).hexdigest(),
+        "board": target.to_dict(),
+        "config": asdict(hw_cfg),
+        "finn_version": version("finn-plus"),
+        "build_seconds": round(seconds, 2),
+        "steps": [{k: r[k] for k in ("name", "seconds", "reused")} for r in runner.records],
+        "certificate": cert,
+        "host_nodes": cert["host"],
+        "output_scale": cert["output_scale"],
+        "estimates": json.loads((reports / steps.ESTIMATES).read_text()),
+        "vivado": {"missing": missing, "steps_run": [] if missing else list(vivado.VIVADO_STEP_NAMES)},
+        "paths": {
+            "partition_hdl": str(build_dir / steps.PARTITION_HDL),
+            "parent": str(build_dir / steps.PARENT),
+            "build_log": str(build_dir / LOG),
+            "intermediate_models": str(build_dir / "intermediate_models"),
+            "finn_reports": str(reports),
+            "hdl": str(build_dir / finn_env.FINN_TMP),
+        },
+    })
+    if missing:
+        command = f"agq build --model {model} --board {target.name} --out {build_dir}"
+        if isinstance(config, str | Path):
+            command += f" --config {config}"
+        paragraph = vivado.stop_paragraph(build_dir, target.name, command, missing)
+        if not allow_missing_vivado:
+            raise vivado.no_vivado_error(paragraph)
+        print(paragraph)
+    return build_dir

@@ -1,0 +1,34 @@
+"""``agq build``: compile an exported QONNX model with FINN for a board (heavy imports inside run)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hw.boards import DEFAULT_BOARD
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("build", help="compile model.onnx with FINN into an all-RTL dataflow accelerator",
+                            description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="exported QONNX model (agq export)")
+    parser.add_argument("--board", default=DEFAULT_BOARD,
+                        help=f"a board FINN knows (default {DEFAULT_BOARD})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="build folder (default <model folder>/<board>)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="hardware config YAML (default configs/hw/default.yaml)")
+    parser.add_argument("--allow-missing-vivado", action="store_true",
+                        help="treat a missing Vivado as the planned end of the build (exit 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hw.build import build_accelerator
+
+    out = build_accelerator(args.model, board=args.board, out_dir=args.out,
+                            allow_missing_vivado=args.allow_missing_vivado, config=args.config,
+                            progress=not args.no_progress)
+    print(f"build folder: {out}")
+    return 0

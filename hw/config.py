@@ -1,0 +1,90 @@
+"""The hardware build's own settings (configs/hw/*.yaml): folding target, clock, budget.
+
+Kept apart from the training config because one exported model is built for several boards and
+targets; the board itself is a command-line choice (``--board``). Every value here feeds the step
+cache key, so changing one re-runs the build from the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agq.errors import AgqError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "hw" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """Folding target and budget of one accelerator build.
+
+    ``target_fps`` drives FINN's SetFolding; the build fails if the folded design misses it.
+    ``mvau_wwidth_max`` caps SIMD x weight bits per PE (FINN's default 36 keeps a 16-bit first conv
+    at SIMD 2 at most). ``max_utilization`` is the largest share of any board resource the estimate
+    may take. ``folding_config`` optionally names a FINN folding JSON applied after SetFolding
+    (relative paths are read from the config file's folder).
+    """
+
+    target_fps: int = 20000
+    clock_ns: float = 10.0
+    mvau_wwidth_max: int = 48
+    max_utilization: float = 0.8
+    folding_config: str = ""
+
+    def validate(self) -> None:
+        if self.target_fps < 1:
+            raise AgqError(f"hw config target_fps={self.target_fps}: must be >= 1")
+        if self.clock_ns <= 0:
+            raise AgqError(f"hw config clock_ns={self.clock_ns}: must be > 0")
+        if self.mvau_wwidth_max < 2:
+            raise AgqError(f"hw config mvau_wwidth_max={self.mvau_wwidth_max}: must be >= 2")
+        if not 0 < self.max_utilization <= 1:
+            raise AgqError(f"hw config max_utilization={self.max_utilization}: must be in (0, 1]")
+        if self.folding_config and not Path(self.folding_config).is_file():
+            raise AgqError(f"hw config folding_config: file not found: {self.folding_config}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hw_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> HwConfig:
+    """Type-check and validate plain data; ``folding_config`` is resolved against ``base_dir``."""
+    fields = {f.name: f for f in dataclasses.fields(HwConfig)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise AgqError(f"hw config: unknown key {key} (known: {', '.join(fields)})")
+        expected = type(fields[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise AgqError(f"hw config {key}={value!r}: expected {expected.__name__}")
+        values[key] = value
+    if values.get("folding_config") and base_dir is not None:
+        values["folding_config"] = str((base_dir / values["folding_config"]).resolve())
+    cfg = HwConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def load_hw_config(path: str | Path | None = None) -> HwConfig:
+    """Read a hw YAML config (default: configs/hw/default.yaml; built-in defaults if that is absent)."""
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            return HwConfig()
+        path = DEFAULT_CONFIG
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise AgqError(f"hw config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise AgqError(f"hw config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AgqError(f"hw config file {path}: top level must be a mapping")
+    return hw_config_from_dict(data, base_dir=path.resolve().parent)

@@ -1,0 +1,87 @@
+"""The all-RTL check: after SpecializeLayers every partition layer must be an RTL layer.
+
+FINN silently falls back to HLS where it has no RTL variant, and HLS layers need Vitis HLS to become
+hardware and cannot be simulated with Verilator. This module names each such layer with FINN's reason
+(the same conditions as finn.transformation.fpgadataflow.specialize_layers) and the model change
+that avoids it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from finn.util.basic import get_dsp_block, get_dsp_datapath_limits
+from finn.util.fpgadataflow import is_rtl_node
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from agq.errors import AgqError
+
+POOLING_FIX = "replace pooling by a strided convolution and end with flatten + fully-connected layer"
+# FINN layers with an HLS implementation only (on every part agq targets), by base op type
+HLS_ONLY = {
+    "GlobalAccPool": ("global pooling has only an HLS layer in FINN (GlobalAccPool)", POOLING_FIX),
+    "Pool": ("pooling has only an HLS layer in FINN (Pool)", POOLING_FIX),
+    "StreamingMaxPool": ("max-pooling has only an HLS layer in FINN (StreamingMaxPool)", POOLING_FIX),
+    "LabelSelect": ("top-k has only an HLS layer in FINN (LabelSelect)", "take the argmax on the host"),
+    "DuplicateStreams": ("a forked stream (skip connection) has only an HLS layer in FINN",
+                         "use a plain network without skip connections"),
+    "AddStreams": ("adding two streams (skip connection) has only an HLS layer in FINN",
+                   "use a plain network without skip connections"),
+}
+
+
+def _base_op(op_type: str) -> str:
+    return op_type.removesuffix("_hls").removesuffix("_rtl")
+
+
+def _mvau_reason(model: ModelWrapper, node, part: str) -> tuple[str, str]:  # noqa: ANN001
+    inst = getCustomOp(node)
+    dsp = get_dsp_block(part)
+    wdt, idt, odt = inst.get_input_datatype(1), inst.get_input_datatype(0), inst.get_output_datatype()
+    weights = model.get_initializer(node.input[1])
+    if inst.get_nodeattr("noActivation") == 0:
+        return ("thresholds are embedded in the MVAU (RTL MVAU needs standalone thresholds)",
+                "build with standalone_thresholds (agq always does: report this as a bug)")
+    if not wdt.signed():
+        return (f"weights are unsigned ({wdt.name}); the RTL MVAU takes signed weights",
+                "quantize weights as signed narrow-range integers")
+    if weights is not None and dsp == "DSP48E1" and np.min(weights) == wdt.min():
+        return (f"weights are full-range {wdt.name} (they reach {wdt.min()}); the RTL MVAU on "
+                f"{dsp} ({part}) needs narrow-range signed weights",
+                f"quantize with narrow_range=True (e.g. {wdt.bitwidth()}-bit weights in "
+                f"{wdt.min() + 1}..{wdt.max()}, ternary for 2 bit)")
+    max_act, max_weight, max_acc = get_dsp_datapath_limits(dsp)
+    if idt.bitwidth() < 2 or wdt.bitwidth() < 2:
+        return (f"{idt.name} activations x {wdt.name} weights: the RTL MVAU needs at least 2 bits each",
+                "use 2-bit or wider weights and activations")
+    return (f"{idt.name} activations x {wdt.name} weights -> {odt.name} accumulator exceed the {dsp} "
+            f"datapath ({max_act - 1} unsigned / {max_act} signed activation bits, {max_weight} weight "
+            f"bits, {max_acc} accumulator bits)",
+            "use narrower weights/activations or fewer inputs per neuron")
+
+
+def hls_fallback(model: ModelWrapper, node, part: str) -> tuple[str, str]:  # noqa: ANN001
+    """(reason, fix) for a partition layer that SpecializeLayers made HLS."""
+    op = _base_op(node.op_type)
+    if op == "MVAU":
+        return _mvau_reason(model, node, part)
+    if op == "VVAU":
+        return ("depthwise convolution has an RTL layer only on Versal (DSP58) parts",
+                "use dense convolutions")
+    if op.startswith("Elementwise"):
+        return (f"elementwise arithmetic ({op}) inside the partition has no RTL layer on {part}",
+                "use a plain network without skip connections; keep scales on the host")
+    if op in HLS_ONLY:
+        return HLS_ONLY[op]
+    return (f"FINN has no RTL implementation of {op} for {part}", "remove or replace this layer")
+
+
+def require_all_rtl(model: ModelWrapper, part: str) -> None:
+    """Raise AgqError naming every partition layer that is not RTL, with the reason and the fix."""
+    problems = []
+    for node in model.graph.node:
+        if not is_rtl_node(node):
+            reason, fix = hls_fallback(model, node, part)
+            problems.append(f"{node.name} ({node.op_type}): {reason}; fix: {fix}")
+    if problems:
+        raise AgqError("all-RTL check failed, layer(s) would fall back to HLS: " + " | ".join(problems))

@@ -1,0 +1,139 @@
+"""agq's build: FINN's own build steps plus the few agq adds, all in FINN's ``step_x(model, cfg)`` style.
+
+Import only after :func:`hw.finn_env.finn_steps` (FINN's step module needs its environment).
+:data:`BUILD_STEPS` is the no-Vivado build in order; :data:`hw.vivado.VIVADO_STEPS` continues it.
+agq's steps write their results next to FINN's reports in ``<build>/report/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import finn.builder.build_dataflow_steps as finn
+from finn.builder.build_dataflow_config import DataflowBuildConfig
+from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+
+from agq.errors import AgqError
+from hw import estimates
+from hw.boards import resolve_board
+from hw.certificate import SDP, certificate, require_integer_only
+from hw.rtl_check import require_all_rtl
+from hw.transforms import PreferRTL, ReturnOutputScaleToHost
+
+PARTITION_HDL = "partition_hdl.onnx"
+PARENT = "parent.onnx"
+CERTIFICATE = "integer_certificate.json"
+ESTIMATES = "agq_estimates.json"
+
+
+@dataclass
+class AgqBuildConfig(DataflowBuildConfig):
+    """FINN's build config plus agq's budget: the largest share of any board resource to use."""
+
+    max_utilization: float = 0.8
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _parent(cfg: DataflowBuildConfig) -> ModelWrapper:
+    """The parent model FINN's step_create_dataflow_partition saved (host nodes + partition node)."""
+    return ModelWrapper(str(cfg.get_intermediate_models_directory() / "dataflow_parent.onnx"))
+
+
+def step_output_scale_to_host(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Keep the final float logit scale on the host instead of an HLS ElementwiseMul in the partition."""
+    return model.transform(ReturnOutputScaleToHost())
+
+
+def step_integer_certificate(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """List every partition node with its datatypes; fail if any float operation is left inside."""
+    cert = certificate(model, _parent(cfg))
+    _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
+    require_integer_only(cert)
+    return model
+
+
+def step_prefer_rtl(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Ask for the RTL variant of every layer before FINN's step_specialize_layers."""
+    return model.transform(PreferRTL())
+
+
+def step_all_rtl_check(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stop the build if any layer was specialised to HLS, naming the layer, the reason and the fix."""
+    require_all_rtl(model, cfg._resolve_fpga_part())
+    return model
+
+
+def step_check_budget(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
+    """Join FINN's estimate reports, add the board share, fail if the target or the board is missed."""
+    est = estimates.collect(cfg.get_report_directory(), resolve_board(cfg.board), cfg.synth_clk_period_ns,
+                            cfg.target_fps)
+    _write_json(cfg.get_report_directory() / ESTIMATES, est)
+    estimates.check_budget(est, cfg.max_utilization)
+    return model
+
+
+def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Write the stitchable all-RTL partition ``partition_hdl.onnx`` and its ``parent.onnx``.
+
+    The partition gets FINN's width converters and (shallow) FIFOs, is specialised again (RTL) and has
+    HDL generated for every layer, so a simulator can stitch it without Vivado. FIFO depths are the
+    minimal ones: sizing them needs FINN's XSim-based step_set_fifo_depths. The model passed on is the
+    unchanged input, from which the Vivado steps insert their own, sized FIFOs.
+    """
+    hdl = copy.deepcopy(model)
+    hdl = hdl.transform(InsertDWC())
+    hdl = hdl.transform(InsertFIFO(create_shallow_fifos=True))
+    hdl = hdl.transform(PreferRTL())
+    hdl = hdl.transform(SpecializeLayers(cfg._resolve_fpga_part()))
+    hdl = hdl.transform(GiveUniqueNodeNames())
+    hdl = hdl.transform(GiveReadableTensorNames())
+    hdl = finn.step_hw_codegen(hdl, cfg)
+    require_all_rtl(hdl, cfg._resolve_fpga_part())
+    out = Path(cfg.output_dir)
+    hdl.save(str(out / PARTITION_HDL))
+    parent = _parent(cfg)
+    sdp = parent.get_nodes_by_op_type(SDP)
+    if len(sdp) != 1:
+        raise AgqError(f"expected one dataflow partition, FINN made {len(sdp)}")
+    getCustomOp(sdp[0]).set_nodeattr("model", str((out / PARTITION_HDL).resolve()))
+    parent.save(str(out / PARENT))
+    cert = certificate(hdl, parent)
+    _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
+    require_integer_only(cert)
+    return model
+
+
+# The build without Vivado, in order: FINN's steps (by their names in FINN) and agq's.
+BUILD_STEPS = [
+    finn.step_qonnx_to_finn,
+    finn.step_tidy_up,
+    finn.step_streamline,
+    finn.step_convert_to_hw,
+    step_output_scale_to_host,
+    finn.step_minimize_bit_width_initial,
+    finn.step_create_dataflow_partition,
+    step_integer_certificate,
+    step_prefer_rtl,
+    finn.step_specialize_layers,
+    step_all_rtl_check,
+    finn.step_target_fps_parallelization,
+    finn.step_apply_folding_config,
+    finn.step_minimize_bit_width,
+    finn.step_generate_estimate_reports,
+    step_check_budget,
+    finn.step_hw_codegen,
+    step_rtlsim_partition,
+]
