@@ -175,3 +175,31 @@ def test_deployable_f_equals_f_inside_the_wrapper():
     inside = objective.evaluate(x)["F"]
     assert torch.equal(deployable(x), inside)
     assert torch.equal(fresh.eval()(x), inside)
+
+
+@pytest.mark.parametrize("granularity", ["block", "layer"])
+def test_fused_step_equals_two_separate_passes(granularity):
+    common = {
+        "model": {"arch": "residual", "convs_per_block": 2},
+        "ssp": {"enabled": True, "fragment": "layer", "weights_activations": True},
+        "baseline": {"aux_losses": True},
+    }
+    naive_cfg = tiny_config(ag={"granularity": granularity}, **common)
+    fused_cfg = tiny_config(ag={"granularity": granularity, "fused": True}, **common)
+    naive = build_objective(build_model(naive_cfg.model), naive_cfg)
+    fused = build_objective(copy.deepcopy(naive.model), fused_cfg)
+    fused.load_state_dict(naive.state_dict())  # same H parameters and SSP generator
+    for step in range(3):
+        x, y = batch(seed=step)
+        naive_loss, naive_logits = naive(x, y, 0.0)
+        fused_loss, fused_logits = fused(x, y, 0.0)
+        for key in ("F", "H"):
+            assert torch.equal(naive_logits[key], fused_logits[key]), key
+        assert torch.equal(naive_loss, fused_loss)
+        naive_loss.backward()
+        fused_loss.backward()
+    assert same(bn_buffers(naive), bn_buffers(fused))
+    for (name, a), b in zip(naive.named_parameters(), fused.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -83,7 +83,10 @@ class AuxiliaryGradientModule(nn.Module):
 
     def taps(self, model: QuantCNN, x: torch.Tensor) -> list[torch.Tensor]:
         """O_1..O_P: F's feature maps computed by F's conv chain with H's BN layers."""
-        per_block = model.layer_outputs(x, bns=self.bns)
+        return self._select(model.layer_outputs(x, bns=self.bns))
+
+    def _select(self, per_block: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The tapped maps among every layer's output: all of them, or each block's last."""
         if self.granularity == "layer":
             return [out for layers in per_block for out in layers]
         return [layers[-1] for layers in per_block]
@@ -95,6 +98,42 @@ class AuxiliaryGradientModule(nn.Module):
             g = adaptor(tap) + project(g)
         return g
 
+    def joint(
+        self, model: QuantCNN, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """F's block outputs, F's logits and H's logits from one pass over F's and H's batches stacked.
+
+        Every shared module (conv, QuantReLU, FC) is called once on the 2B batch, so each weight is
+        quantized once per step instead of twice and the convolutions get one larger batch; each half is
+        normalised by its own network's BN (:class:`SplitBatchNorm`), so batch statistics, running
+        statistics and the loss are those of two separate passes (up to float summation order).
+        """
+        n = x.shape[0]
+        bns = [
+            [SplitBatchNorm(layer.bn, h_bn) for layer, h_bn in zip(block.layers, h_bns, strict=True)]
+            for block, h_bns in zip(model.blocks, self.bns, strict=True)
+        ]
+        per_block = model.layer_outputs(torch.cat([x, x]), bns=bns)
+        f_outputs = [layers[-1][:n] for layers in per_block]
+        g = self.aggregate([tap[n:] for tap in self._select(per_block)])
+        logits = model.head(torch.cat([f_outputs[-1], g]), bn=SplitBatchNorm(model.head.bn, self.head_bn))
+        return f_outputs, logits[:n], logits[n:]
+
     def forward(self, model: QuantCNN, x: torch.Tensor) -> torch.Tensor:
         """H's logits: F's head (shared QuantReLU + 16-bit FC) on g_P, normalised by H's head BN."""
         return model.head(self.aggregate(self.taps(model, x)), bn=self.head_bn)
+
+
+class SplitBatchNorm(nn.Module):
+    """Normalise the first half of a batch with F's BN and the second half with H's.
+
+    The two BNs are held in a tuple, not registered: this wrapper is built per step and owns nothing.
+    """
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.halves = (first, second)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2)
+        return torch.cat([self.halves[0](first), self.halves[1](second)])

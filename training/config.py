@@ -65,6 +65,7 @@ class AGConfig:
     enabled: bool = True
     granularity: Literal["block", "layer"] = "block"
     lam: float = 1.0
+    fused: bool = False  # one pass over F's and H's batches stacked (training.ag.joint); same loss
 
     def validate(self) -> None:
         if self.lam < 0:

@@ -20,11 +20,13 @@ The loss (any combination, each term only when its config switch is on)::
 
 Choices: the AG loss is Eq. 2 as written, without Algorithm 1's 1 / (1 + lambda) on the shared weights'
 gradient. That factor only rescales the shared weights' gradient, which Adam's per-parameter
-normalisation cancels (up to its epsilon); leaving it out keeps the gradient of every parameter exactly
-that of the returned loss, which is what the tests check. With SSP, one mask is drawn per step and F and H
-both run with it: H's low-precision path *is* F's modules, so H sees the F of this step. Under
-DistributedDataParallel, SSP and KD leave some parameters without gradient in a step (the scales of
-quantizers switched off): wrap with ``find_unused_parameters=True``.
+normalisation cancels (up to its epsilon, and without weight decay); leaving it out keeps the gradient of
+every parameter exactly that of the returned loss, which is what the tests check. With SSP, one mask is
+drawn per step and F and H both run with it: H's low-precision path *is* F's modules, so H sees the F of
+this step. ``ag.fused`` computes F and H in one pass over the stacked batch (:meth:`AuxiliaryGradientModule.
+joint`): same logits, BN statistics and loss, gradients equal up to float summation order. Under
+DistributedDataParallel, SSP leaves the scales of the quantizers it switches off without gradient in a
+step: wrap with ``find_unused_parameters=True``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class TrainingObjective(nn.Module):
         super().__init__()
         self.model = model
         self.lam = cfg.ag.lam
+        self.fused = cfg.ag.enabled and cfg.ag.fused
         self.ag = AuxiliaryGradientModule(model, cfg.ag.granularity) if cfg.ag.enabled else None
         self.ssp = StochasticPrecision(model, cfg.ssp, cfg.train.seed) if cfg.ssp.enabled else None
         base = cfg.baseline
@@ -68,10 +71,14 @@ class TrainingObjective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         precision = contextlib.nullcontext() if self.ssp is None else self.ssp.sampled(progress)
         with precision:
-            outputs = self.model.block_outputs(x)
-            logits = {"F": self.model.head(outputs[-1])}
-            if self.ag is not None:
-                logits["H"] = self.ag(self.model, x)
+            if self.fused:
+                outputs, f_logits, h_logits = self.ag.joint(self.model, x)
+                logits = {"F": f_logits, "H": h_logits}
+            else:
+                outputs = self.model.block_outputs(x)
+                logits = {"F": self.model.head(outputs[-1])}
+                if self.ag is not None:
+                    logits["H"] = self.ag(self.model, x)
         loss = tf.cross_entropy(logits["F"], y)
         if self.ag is not None:
             loss = loss + self.lam * tf.cross_entropy(logits["H"], y)
