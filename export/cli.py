@@ -1,0 +1,46 @@
+"""``agq export``: checkpoint -> build/<name>/model.onnx + model.json, checked equal to PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from agq.errors import AgqError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export", help="export a checkpoint's network F to QONNX, checked equal to PyTorch",
+        description="Export the deployable network of a checkpoint to QONNX (model.onnx + model.json). "
+                    "Stops if the 16-bit contract, the FINN deployability lint or the equality check "
+                    "against PyTorch on real test images fails.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt written by agq train")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (model.onnx, model.json)")
+    parser.add_argument("--images", type=int, default=256, help="test images for the equality check")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.images < 1:
+        raise AgqError(f"--images={args.images}: need at least one image for the equality check")
+    from export.qonnx import EquivalenceError, export_checkpoint
+
+    start = time.perf_counter()
+    try:
+        onnx_path = export_checkpoint(args.checkpoint, args.out, n_images=args.images)
+    except EquivalenceError as exc:
+        for line in [*exc.report.weight_mismatches, *map(str, exc.report.differences)]:
+            print(line, file=sys.stderr)
+        raise
+    card = json.loads((onnx_path.parent / "model.json").read_text())
+    eq = card["equivalence"]
+    print(f"wrote {onnx_path} and model.json in {time.perf_counter() - start:.1f} s; "
+          f"equality on {eq['images']} test images: {eq['top1_equal']} top-1 equal, "
+          f"{eq['int_logits_equal']} integer logits equal, {eq['ties']} float ties")
+    for difference in eq["differences"]:
+        print(f"  {difference}")
+    return 0

@@ -1,0 +1,80 @@
+"""Checkpoint -> model.onnx (QONNX) + model.json, refusing anything FINN cannot compile or that is not F.
+
+Brevitas' TorchScript QONNX exporter is used, not the dynamo default: it returns one self-contained
+ModelProto (dynamo writes the weights to a separate ``.onnx.data``) and is byte-reproducible for the same
+weights. qonnx's cleanup, shape and datatype inference follow, and the input is annotated UINT8 (the raw
+image: FINN then needs no input quantizer). Nothing is written unless the 16-bit contract, the
+deployability lint and the equality check on real test images all pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from brevitas.export import export_qonnx
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.cleanup import cleanup_model
+
+from agq.errors import AgqError
+from export.contract import contract_violations, graph_contract_violations
+from export.equivalence import EquivalenceReport, check_equivalence
+from export.layers import output_scale, pair_layers, trace_quant_layers
+from export.lint import lint_graph
+from export.model_card import card_bytes, model_card
+from training.checkpoint import atomic_write_bytes, file_sha256, load_deployable
+from training.data import class_names, test_images
+
+
+class EquivalenceError(AgqError):
+    """The exported model is not F: carries the full image-by-image report for the CLI to print."""
+
+    def __init__(self, report: EquivalenceReport) -> None:
+        super().__init__(f"exported model differs from PyTorch: {report.summary()}")
+        self.report = report
+
+
+def to_qonnx(model: torch.nn.Module, input_shape: tuple[int, ...]) -> ModelWrapper:
+    """F as a cleaned QONNX graph with a UINT8 input of ``input_shape`` and inferred shapes and datatypes."""
+    proto = export_qonnx(model, torch.zeros(input_shape), dynamo=False)
+    qmodel = cleanup_model(ModelWrapper(proto))
+    qmodel.set_tensor_datatype(qmodel.graph.input[0].name, DataType["UINT8"])
+    return qmodel.transform(InferShapes()).transform(InferDataTypes())
+
+
+def _refuse(checkpoint: Path, problems: list[str]) -> None:
+    if problems:
+        raise AgqError(f"{checkpoint} is not deployable: " + "; ".join(problems))
+
+
+def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256) -> Path:
+    """Export a checkpoint's deployable F to ``out_dir/model.onnx`` (+ ``model.json``); returns its path.
+
+    Raises AgqError naming the layer on a contract or lint violation, and :class:`EquivalenceError` when
+    the exported model is not equal to F on the first ``n_images`` test images.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    cfg, model, meta = load_deployable(checkpoint)
+    shape = (1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    layers = trace_quant_layers(model, shape)
+    qmodel = to_qonnx(model, shape)
+    _refuse(checkpoint, [*contract_violations(layers, cfg.model), *map(str, lint_graph(qmodel))])
+    # A graph that passed the lint is a chain, so its quantizers pair with F's in order.
+    pairs = pair_layers(layers, qmodel)
+    _refuse(checkpoint, graph_contract_violations(qmodel, pairs, cfg.model))
+    scale = output_scale(layers)
+    images, labels = test_images(cfg.data, n_images)
+    report = check_equivalence(model, layers, qmodel, images, labels, scale)
+    if not report.ok:
+        raise EquivalenceError(report)
+    card = model_card(
+        cfg, meta, checkpoint, file_sha256(checkpoint), pairs, qmodel.graph.input[0].name,
+        qmodel.graph.output[0].name, scale, meta.get("classes") or class_names(cfg.data), report,
+    )
+    onnx_path = out_dir / "model.onnx"
+    atomic_write_bytes(onnx_path, qmodel.model.SerializeToString())
+    atomic_write_bytes(out_dir / "model.json", card_bytes(card))
+    return onnx_path
