@@ -1,0 +1,101 @@
+"""The training loop on a tiny digits model: it learns, writes its files, and resumes bit-identically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training import loop
+from training.checkpoint import load_checkpoint, load_deployable
+from training.config import load_config
+from training.loop import finetune_milestones, train
+
+CONFIG = "configs/digits_tiny.yaml"
+
+
+class Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def tiny(tmp_path, *overrides: str):
+    return load_config(CONFIG, [f"train.output_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cfg = tiny(tmp_path_factory.mktemp("full"))
+    return cfg, train(cfg, progress=False)
+
+
+def test_milestones_scale_the_papers_schedule():
+    assert finetune_milestones(35, [25 / 35, 30 / 35]) == [25, 30]
+    assert finetune_milestones(6, [25 / 35, 30 / 35]) == [4, 5]
+    assert finetune_milestones(1, [25 / 35, 30 / 35]) == [1]
+
+
+def test_tiny_run_learns_and_writes_its_files(uninterrupted):
+    cfg, path = uninterrupted
+    assert path == cfg.run_dir / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    assert "trainer" not in payload
+    meta = payload["meta"]
+    assert meta["dataset"] == "digits" and meta["classes"] == [str(d) for d in range(10)]
+    assert meta["phase"] == "finetune" and meta["epoch"] == 5
+    assert meta["metrics"]["test_top1"] > 60.0  # chance is 10 %
+    rows = json.loads((cfg.run_dir / "metrics.json").read_text())
+    assert [(r["phase"], r["epoch"]) for r in rows] == [
+        ("pretrain", 1), ("pretrain", 2), ("finetune", 1), ("finetune", 2), ("finetune", 3)]
+    assert rows[-1]["test_F_top1"] == meta["metrics"]["test_top1"]
+    assert all("test_H_top1" in r and "ssp_delta" in r for r in rows[2:])
+    assert [r["ssp_delta"] for r in rows[2:]] == [0.5, 0.25, 0.0]
+    assert [r["lr"] for r in rows[2:]] == pytest.approx([0.01, 0.01, 0.001])  # milestones [2, 3] of 3
+    header = (cfg.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "test_F_top1", "test_F_top5", "val_F_top1", "time_s"} <= set(header)
+    assert (cfg.run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    # the deployable F: fully quantized, evaluates to the logged accuracy
+    _, model, _ = load_deployable(path)
+    from training.data import test_images
+
+    images, labels = test_images(cfg.data)
+    with torch.no_grad():
+        top1 = (model(torch.tensor(images).float()).argmax(1) == torch.tensor(labels)).float().mean()
+    assert 100 * float(top1) == pytest.approx(meta["metrics"]["test_top1"])
+
+
+@pytest.mark.parametrize("kill_after", [1, 3], ids=["in-pretraining", "in-fine-tuning"])
+def test_resume_after_a_kill_is_bit_identical(uninterrupted, tmp_path, monkeypatch, kill_after):
+    full_cfg, full_path = uninterrupted
+    cfg = tiny(tmp_path)
+    saves = []
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        saves.append(path)
+        if len(saves) == kill_after:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(cfg, progress=False)
+    assert not (cfg.run_dir / "checkpoint.pt").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = load_checkpoint(train(cfg, resume=True, progress=False))
+    expected = load_checkpoint(full_path)
+    assert resumed["model"].keys() == expected["model"].keys()
+    for key, value in expected["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert resumed["meta"]["metrics"] == expected["meta"]["metrics"]
+    full_rows = json.loads((full_cfg.run_dir / "metrics.json").read_text())
+    rows = json.loads((cfg.run_dir / "metrics.json").read_text())
+    drop_times = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in (*full_rows, *rows)]
+    assert drop_times[: len(full_rows)] == drop_times[len(full_rows):]
+
+
+def test_another_seed_gives_other_weights(uninterrupted, tmp_path):
+    _, full_path = uninterrupted
+    cfg = tiny(tmp_path, "train.seed=1", "train.epochs=0", "train.pretrain_epochs=1")
+    other = load_checkpoint(train(cfg, progress=False))["model"]
+    assert not torch.equal(other["stem.weight"], load_checkpoint(full_path)["model"]["stem.weight"])

@@ -1,0 +1,278 @@
+"""``agq train``: full-precision pre-training of F, then quantized fine-tuning through the objective.
+
+Phase ``pretrain``: F alone, every quantizer off (training.precision.full_precision), SGD with momentum at
+``train.pretrain_lr`` with a per-step cosine decay (the paper only says "pre-trained"; cosine is our choice),
+cross-entropy.
+
+Phase ``finetune``: the training objective (F plus AG / SSP / baseline parts, training/objective.py), Adam
+at ``train.lr``, ``MultiStepLR`` dividing by 10 at the paper's milestones 25/35 and 30/35 scaled to the
+epoch count. Building the objective initialises Brevitas' lazily initialised weight scales from the
+pre-trained weights (training.objective.init_weight_scales), so every DDP process starts fine-tuning from
+the same scales whatever SSP draws first.
+
+After every epoch: test (and validation) accuracy of F (of H too with AG), one row in the metrics files,
+and ``last.pt`` with the whole trainer state. At the end ``checkpoint.pt`` holds the deployable F.
+Resuming restores weights, optimizer, scheduler, the objective's state (SSP's generator) and the global
+RNGs; the data order depends on (seed, epoch, rank) only (training/batches.py), so the resumed run is
+bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from agq.errors import AgqError
+from training.batches import TrainBatches
+from training.checkpoint import save_checkpoint
+from training.config import Config, ModelConfig, TrainConfig
+from training.data import Splits, load_splits
+from training.distributed import Cluster, cluster
+from training.metrics import MetricsLog, accuracy
+from training.models import QuantCNN, build_model
+from training.precision import full_precision
+from training.resume import resume_state, rng_state, set_rng_state
+
+EVAL_BATCH = 500
+LAZY_SCALE = "weight_quant.tensor_quant.scaling_impl.value"
+Step = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg`` (or continue its interrupted run) and return the path of the final checkpoint."""
+    with cluster(cfg.train.device) as node, _reproducible(cfg.train, node.device):
+        return _Run(cfg, node, progress).execute(resume)
+
+
+def finetune_milestones(epochs: int, fractions: list[float]) -> list[int]:
+    """The paper's decay epochs (25 and 30 of 35) as fractions, scaled to ``epochs`` fine-tuning epochs."""
+    return sorted({max(1, round(f * epochs)) for f in fractions})
+
+
+@contextmanager
+def _reproducible(tcfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Seeds, thread count and deterministic kernels for the run; the process's settings come back after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    random.seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _load_state(module: nn.Module, state: dict[str, Any] | None) -> None:
+    """Load a resumed phase's module state. Call it BEFORE building the optimizer: Brevitas' loading
+    replaces its scale Parameters with new objects, which an existing optimizer would not see.
+
+    A state saved during pre-training lacks Brevitas' lazily initialised weight scales (they enter the
+    state_dict only once initialised), while a fresh model lists them as parameters; they are then
+    initialised at the first quantized forward, as in an uninterrupted run. Any other missing or
+    unexpected key is an error.
+    """
+    if state is None:
+        return
+    result = module.load_state_dict(state["trainer"]["module"], strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(LAZY_SCALE)]
+    if missing or result.unexpected_keys:
+        raise AgqError(f"checkpoint state does not fit the model: missing {missing[:3]}, "
+                       f"unexpected {result.unexpected_keys[:3]}")
+
+
+def _restore_trainer(state: dict[str, Any] | None, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """Optimizer, scheduler and RNG states of a resumed phase; the first epoch still to run."""
+    if state is None:
+        return 0
+    trainer = state["trainer"]
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"])
+    return int(trainer["epoch"])
+
+
+def _check_data_fits(model: ModelConfig, splits: Splits, dataset: str) -> None:
+    shape = tuple(splits.test.images.shape[1:])
+    if shape != (model.in_channels, model.image_size, model.image_size):
+        raise AgqError(f"config model.in_channels/image_size = {model.in_channels}/{model.image_size} do not "
+                       f"fit dataset {dataset}, whose images are {'x'.join(map(str, shape))} (C x H x W)")
+    if model.num_classes != len(splits.classes):
+        raise AgqError(f"config model.num_classes={model.num_classes}: dataset {dataset} has "
+                       f"{len(splits.classes)} classes")
+
+
+class _Run:
+    """One training run: data, F, the metrics log and the two phases."""
+
+    def __init__(self, cfg: Config, node: Cluster, progress: bool) -> None:
+        self.cfg, self.node, self.progress = cfg, node, progress and node.main
+        self.splits = load_splits(cfg.data)
+        _check_data_fits(cfg.model, self.splits, cfg.data.dataset)
+        self.batches = TrainBatches(self.splits.train, cfg.data.batch_size, cfg.data.dataset,
+                                    cfg.data.augment, cfg.train.seed, node)
+        self.model: QuantCNN = build_model(cfg.model).to(node.device)
+        self.log = MetricsLog(cfg.run_dir)
+        self.last = cfg.run_dir / "last.pt"
+
+    def execute(self, resume: bool) -> Path:
+        if not self.cfg.train.epochs and not self.cfg.train.pretrain_epochs:
+            raise AgqError("config train.epochs and train.pretrain_epochs are both 0: nothing to train")
+        state = resume_state(self.cfg, self.last) if resume else None
+        if state is not None:
+            self.log.rows = state["trainer"]["history"]
+        if state is None or state["trainer"]["phase"] == "pretrain":
+            self._pretrain(state)
+            state = None
+        objective = self._finetune(state) if self.cfg.train.epochs else None
+        return self._save_final(objective)
+
+    # --- phases --------------------------------------------------------------------------------------
+
+    def _pretrain(self, state: dict[str, Any] | None) -> None:
+        tcfg, model = self.cfg.train, self.model
+        _load_state(model, state)
+        optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.pretrain_lr, momentum=tcfg.momentum,
+                                    weight_decay=tcfg.weight_decay)
+        steps = max(1, tcfg.pretrain_epochs * len(self.batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        start = _restore_trainer(state, optimizer, scheduler)
+        net = self.node.wrap(model)
+
+        def step(x: torch.Tensor, y: torch.Tensor, _: float) -> torch.Tensor:
+            loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            return loss.detach()
+
+        with full_precision(model):
+            for epoch in range(start, tcfg.pretrain_epochs):
+                model.train()
+                row = self._epoch("pretrain", epoch, tcfg.pretrain_epochs, step, optimizer)
+                model.eval()
+                row |= self._evaluate(lambda x: {"F": model(x)})
+                self._end_epoch(row, model, model.state_dict(), optimizer, scheduler)
+
+    def _finetune(self, state: dict[str, Any] | None) -> nn.Module:
+        from training.objective import build_objective
+
+        tcfg, model = self.cfg.train, self.model
+        objective = build_objective(model, self.cfg).to(self.node.device)
+        _load_state(objective, state)
+        optimizer = torch.optim.Adam(objective.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, finetune_milestones(tcfg.epochs, tcfg.lr_milestones), gamma=tcfg.lr_gamma)
+        start = _restore_trainer(state, optimizer, scheduler)
+        net = self.node.wrap(objective)
+
+        def step(x: torch.Tensor, y: torch.Tensor, progress: float) -> torch.Tensor:
+            loss, _ = net(x, y, progress)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        for epoch in range(start, tcfg.epochs):
+            objective.train()
+            row = self._epoch("finetune", epoch, tcfg.epochs, step, optimizer)
+            scheduler.step()
+            objective.eval()
+            row |= self._evaluate(objective.evaluate)
+            if self.cfg.ssp.enabled:
+                row["ssp_delta"] = objective.delta(float(epoch))  # at the start of the epoch
+            self._end_epoch(row, objective, objective.deployable().state_dict(), optimizer, scheduler)
+        return objective
+
+    # --- one epoch ----------------------------------------------------------------------------------
+
+    def _global_epoch(self, phase: str, epoch: int) -> int:
+        return epoch + (self.cfg.train.pretrain_epochs if phase == "finetune" else 0)
+
+    def _epoch(self, phase: str, epoch: int, epochs: int, step: Step,
+               optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Train one epoch; returns the row's training part (mean loss over all processes, time)."""
+        global_epoch = self._global_epoch(phase, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        total = torch.zeros((), dtype=torch.float64, device=self.node.device)
+        n = len(self.batches)
+        begin = time.perf_counter()
+        bar = tqdm(self.batches.epoch(global_epoch), total=n, desc=f"{phase} {epoch + 1}/{epochs}",
+                   disable=not self.progress, leave=False, unit="batch")
+        for i, (x, y) in enumerate(bar):
+            loss = step(x, y, epoch + i / n)
+            total += loss
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        seconds = time.perf_counter() - begin
+        (loss_sum,) = self.node.all_sum([float(total)])
+        mean_loss = loss_sum / (n * self.node.world)
+        if not math.isfinite(mean_loss):
+            raise AgqError(f"training diverged in {phase} epoch {epoch + 1} (loss {mean_loss}); "
+                           f"lower train.{'pretrain_lr' if phase == 'pretrain' else 'lr'}")
+        return {"phase": phase, "epoch": epoch + 1, "global_epoch": global_epoch + 1, "lr": lr,
+                "train_loss": mean_loss, "time_s": round(seconds, 3)}
+
+    def _evaluate(self, logits_of: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, Any]:
+        begin = time.perf_counter()
+        row: dict[str, Any] = {}
+        for split, data in (("test", self.splits.test), ("val", self.splits.val)):
+            if len(data):
+                scores = accuracy(logits_of, data, EVAL_BATCH, self.node)
+                row |= {f"{split}_{k}": v for k, v in scores.items()}
+        row["eval_s"] = round(time.perf_counter() - begin, 3)
+        return row
+
+    # --- state ----------------------------------------------------------------------------------------
+
+    def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoint meta; F's metrics lose the F (``test_F_top1`` -> ``test_top1``), H's keep theirs."""
+        metrics = {k.replace("_F_", "_"): v for k, v in row.items() if k.startswith(("test_", "val_"))}
+        return {"dataset": self.cfg.data.dataset, "classes": self.splits.classes,
+                "epoch": row["global_epoch"], "phase": row["phase"], "metrics": metrics}
+
+    def _end_epoch(self, row: dict[str, Any], module: nn.Module, model_state: dict[str, Any],
+                   optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        if not self.node.main:
+            return
+        self.log.append(row)
+        trainer = {"phase": row["phase"], "epoch": row["epoch"], "module": module.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "rng": rng_state(), "history": self.log.rows}
+        save_checkpoint(self.last, {"config": self.cfg.to_dict(), "model": model_state,
+                                    "meta": self._meta(row), "trainer": trainer})
+        if self.progress:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+            tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
+
+    def _save_final(self, objective: nn.Module | None) -> Path:
+        path = self.cfg.run_dir / "checkpoint.pt"
+        if objective is None:  # pre-training only: give F the weight scales a fine-tuned F would have
+            from training.objective import init_weight_scales
+
+            init_weight_scales(self.model)
+        if self.node.main:
+            model = objective.deployable() if objective is not None else self.model
+            save_checkpoint(path, {"config": self.cfg.to_dict(), "model": model.state_dict(),
+                                   "meta": self._meta(self.log.rows[-1])})
+        self.node.barrier()
+        return path
