@@ -187,8 +187,10 @@ def _diagnose_activation(
     a, b, s = float(pt_pre[i]), float(on_pre[i]), float(steps[i])
     if not non_tie:
         threshold = (min(pt_code[i], on_code[i]) + 0.5) * s
+        ulps = abs(a - b) / float(np.spacing(np.float32(threshold)))
         return True, (f"{where} at {_locate(i[1:])}: pre-quantization value {a:.9g} in PyTorch vs {b:.9g} in "
-                      f"QONNX, rounding threshold {threshold:.9g} (scale {s:.9g}); {count}")
+                      f"QONNX ({ulps:.0f} float32 steps apart), rounding threshold {threshold:.9g} "
+                      f"(scale {s:.9g}); {count}")
     return False, (f"{where} at {_locate(i[1:])}: quantized code {pt_code[i]:.0f} in PyTorch vs "
                    f"{on_code[i]:.0f} in QONNX, pre-quantization values {a:.9g} vs {b:.9g} "
                    f"({abs(a - b) / s:.3g} quantization steps apart); {count}")
