@@ -30,7 +30,9 @@ def accuracy(logits_of: Logits, data: ImageSet, batch_size: int, cluster: Cluste
     Each process scores its share; the counts are summed over processes.
     """
     correct: dict[str, list[float]] = {}
+    seen = 0
     for x, y in eval_batches(data, batch_size, cluster):
+        seen += len(y)
         for name, logits in logits_of(x).items():
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices == y[:, None]
@@ -38,7 +40,7 @@ def accuracy(logits_of: Logits, data: ImageSet, batch_size: int, cluster: Cluste
             counts[0] += float(top[:, 0].sum())
             counts[1] += float(top.any(dim=1).sum())
     names = sorted(correct)
-    totals = cluster.all_sum([c for name in names for c in correct[name]] + [float(len(data))])
+    totals = cluster.all_sum([c for name in names for c in correct[name]] + [float(seen)])
     n = totals.pop()
     return {f"{name}_top{k}": 100.0 * totals[2 * i + j] / n
             for i, name in enumerate(names) for j, k in enumerate((1, 5))}
