@@ -119,9 +119,8 @@ def build_accelerator(
     proto = load_qonnx(model)
     build_dir = Path(out_dir) if out_dir is not None else model.parent / target.name
     build_dir.mkdir(parents=True, exist_ok=True)
-    missing = vivado.missing_tools()
-
     finn_env.use_build_dir(build_dir)
+    missing = vivado.missing_tools(target.name)
     finn_steps = finn_env.finn_steps(vivado=not missing)
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -139,8 +138,10 @@ def build_accelerator(
     with (build_dir / LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
         runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
-        runner.run(build_steps, wrapper, required)
+        final = runner.run(build_steps, wrapper, required)
     seconds = time.perf_counter() - start
+    partition = ModelWrapper(str(build_dir / steps.PARTITION_HDL))
+    finn_env.prune_generated_code(build_dir, finn_env.codegen_dirs(final) | finn_env.codegen_dirs(partition))
     cert = json.loads((reports / steps.CERTIFICATE).read_text())
     _write_report(build_dir, {
         "model": str(model.resolve()),

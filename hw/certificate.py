@@ -116,7 +116,8 @@ def require_integer_only(cert: dict) -> None:
     """Raise AgqError naming every float operation left inside the partition."""
     bad = [n for n in cert["partition"] if n["float"]]
     if bad:
-        listing = "; ".join(f"{n['name']} ({', '.join(n['float'])})" for n in bad)
+        listing = "; ".join(
+            f"{n['name']} ({', '.join(sorted({p.split(': ', 1)[1] for p in n['float']}))})" for n in bad)
         raise AgqError(
             f"integer-only certificate failed: float operation(s) inside the dataflow partition: {listing}. "
             "Fix: every tensor between the input and the final scale must be quantized - no skip "

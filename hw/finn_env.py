@@ -14,10 +14,13 @@ directly, so it does the parts of that start-up the steps rely on, and nothing e
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
 FINN_TMP = "finn_tmp"
+# prefix of the per-layer folders FINN's PrepareIP creates in FINN_BUILD_DIR
+CODEGEN_PREFIX = "code_gen_ipgen_"
 SETTINGS_FILE = "finn_settings.yaml"
 
 
@@ -42,3 +45,21 @@ def finn_steps(vivado: bool) -> ModuleType:
     import finn.builder.build_dataflow_steps as steps
 
     return steps
+
+
+def codegen_dirs(model: object) -> set[Path]:
+    """The generated-code folders a (qonnx ModelWrapper) model's layers point at."""
+    dirs = set()
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.name == "code_gen_dir_ipgen" and attr.s:
+                dirs.add(Path(attr.s.decode()).resolve())
+    return dirs
+
+
+def prune_generated_code(build_dir: Path, keep: set[Path]) -> int:
+    """Delete per-layer code folders of earlier runs that no current model uses; returns how many."""
+    stale = [d for d in (build_dir / FINN_TMP).glob(CODEGEN_PREFIX + "*") if d.resolve() not in keep]
+    for folder in stale:
+        shutil.rmtree(folder)
+    return len(stale)

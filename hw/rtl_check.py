@@ -1,9 +1,10 @@
-"""The all-RTL check: after SpecializeLayers every partition layer must be an RTL layer.
+"""The all-RTL check: every layer between the input and the output scale must become an RTL layer.
 
-FINN silently falls back to HLS where it has no RTL variant, and HLS layers need Vitis HLS to become
-hardware and cannot be simulated with Verilator. This module names each such layer with FINN's reason
-(the same conditions as finn.transformation.fpgadataflow.specialize_layers) and the model change
-that avoids it.
+Two ways a layer fails to: FINN has no hardware layer for it at all (it stays a plain ONNX node
+between hardware layers, and FINN's partitioning stops with a generic message), or SpecializeLayers
+silently falls back to HLS because FINN has no RTL variant for it; HLS layers need Vitis HLS and cannot
+be simulated with Verilator. This module names each such layer with the reason (for HLS, the same
+conditions as finn.transformation.fpgadataflow.specialize_layers) and the model change that avoids it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from __future__ import annotations
 import numpy as np
 from finn.util.basic import get_dsp_block, get_dsp_datapath_limits
 from finn.util.fpgadataflow import is_rtl_node
+from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
+from hw.transforms import is_hw_node
 
 POOLING_FIX = "replace pooling by a strided convolution and end with flatten + fully-connected layer"
+POOLING_HW = {"GlobalAccPool", "Pool", "StreamingMaxPool"}
+POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "MaxPoolNHWC", "ReduceMean",
+               "ReduceMax", "ReduceSum", "QuantAvgPool2d"}
 # FINN layers with an HLS implementation only (on every part agq targets), by base op type
 HLS_ONLY = {
     "GlobalAccPool": ("global pooling has only an HLS layer in FINN (GlobalAccPool)", POOLING_FIX),
@@ -85,3 +91,51 @@ def require_all_rtl(model: ModelWrapper, part: str) -> None:
             problems.append(f"{node.name} ({node.op_type}): {reason}; fix: {fix}")
     if problems:
         raise AgqError("all-RTL check failed, layer(s) would fall back to HLS: " + " | ".join(problems))
+
+
+def _reachable(model: ModelWrapper, starts: list, forward: bool) -> set[str]:
+    """Names of the nodes reachable from ``starts`` (excluding the starts themselves)."""
+    seen: set[str] = set()
+    todo = list(starts)
+    while todo:
+        node = todo.pop()
+        nxt = model.find_direct_successors(node) if forward else model.find_direct_predecessors(node)
+        for other in nxt or []:
+            if other.name not in seen:
+                seen.add(other.name)
+                todo.append(other)
+    return seen
+
+
+def unmapped_reason(model: ModelWrapper, node) -> tuple[str, str]:  # noqa: ANN001
+    """(reason, fix) for a node FINN could not turn into a hardware layer."""
+    dtypes = [model.get_tensor_datatype(i) for i in node.input if model.get_initializer(i) is None]
+    pools = [p.name for p in model.find_direct_predecessors(node) or [] if _base_op(p.op_type) in POOLING_HW]
+    if node.op_type in POOLING_OPS:
+        return (f"pooling ({node.op_type}) has no RTL layer in FINN (only HLS GlobalAccPool/Pool, or none)",
+                POOLING_FIX)
+    if pools:
+        return (f"the averaging scale after {pools[0]} has no hardware layer", POOLING_FIX)
+    if any(dt == DataType["FLOAT32"] for dt in dtypes):
+        return (f"its input is FLOAT32, not quantized, so FINN cannot map {node.op_type} to hardware",
+                "quantize the input of this layer (a QuantReLU or QuantIdentity before it)")
+    return (f"FINN has no hardware layer for {node.op_type}",
+            "remove it, or keep it before the first or after the last quantized layer (host side)")
+
+
+def require_mapped(model: ModelWrapper) -> None:
+    """Raise AgqError naming every plain ONNX node sitting between hardware layers, and every pooling
+    layer (FINN has pooling only in HLS, so such a network can never be all-RTL)."""
+    hw = [n for n in model.graph.node if is_hw_node(n)]
+    between = _reachable(model, hw, forward=True) & _reachable(model, hw, forward=False)
+    problems = []
+    for node in model.graph.node:
+        if is_hw_node(node) and _base_op(node.op_type) in POOLING_HW:
+            reason, fix = HLS_ONLY[_base_op(node.op_type)]
+        elif node.name in between and not is_hw_node(node):
+            reason, fix = unmapped_reason(model, node)
+        else:
+            continue
+        problems.append(f"{node.name} ({node.op_type}): {reason}; fix: {fix}")
+    if problems:
+        raise AgqError("unsupported layer(s) for an all-RTL accelerator: " + " | ".join(problems))

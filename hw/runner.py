@@ -24,6 +24,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from tqdm import tqdm
 
 from agq.errors import AgqError
+from hw.finn_env import codegen_dirs
 
 MANIFEST = "steps.json"
 Step = Callable[[ModelWrapper, object], ModelWrapper]
@@ -50,15 +51,6 @@ def captured_output(log: IO[str]) -> Iterator[None]:
 
 def _chain(key: str, name: str) -> str:
     return hashlib.sha256(f"{key}/{name}".encode()).hexdigest()
-
-
-def _codegen_dirs_exist(model: ModelWrapper) -> bool:
-    """False if the model points at generated code that has been deleted since."""
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.name == "code_gen_dir_ipgen" and attr.s and not Path(attr.s.decode()).is_dir():
-                return False
-    return True
 
 
 class StepRunner:
@@ -98,7 +90,7 @@ class StepRunner:
             n += 1
         while n:
             model = ModelWrapper(str(self.models / old[names[n - 1]]["file"]))
-            if _codegen_dirs_exist(model):
+            if all(d.is_dir() for d in codegen_dirs(model)):
                 return n, model
             n -= 1
         return 0, None

@@ -25,7 +25,7 @@ from agq.errors import AgqError
 from hw import estimates
 from hw.boards import resolve_board
 from hw.certificate import SDP, certificate, require_integer_only
-from hw.rtl_check import require_all_rtl
+from hw.rtl_check import require_all_rtl, require_mapped
 from hw.transforms import PreferRTL, ReturnOutputScaleToHost
 
 PARTITION_HDL = "partition_hdl.onnx"
@@ -55,6 +55,13 @@ def _parent(cfg: DataflowBuildConfig) -> ModelWrapper:
 def step_output_scale_to_host(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Keep the final float logit scale on the host instead of an HLS ElementwiseMul in the partition."""
     return model.transform(ReturnOutputScaleToHost())
+
+
+def step_check_mapped(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stop before partitioning if a plain ONNX node sits between hardware layers, saying why and how
+    to avoid it (FINN's own partitioning error names only the node)."""
+    require_mapped(model)
+    return model
 
 
 def step_integer_certificate(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
@@ -123,6 +130,7 @@ BUILD_STEPS = [
     finn.step_streamline,
     finn.step_convert_to_hw,
     step_output_scale_to_host,
+    step_check_mapped,
     finn.step_minimize_bit_width_initial,
     finn.step_create_dataflow_partition,
     step_integer_certificate,

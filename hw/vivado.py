@@ -7,12 +7,15 @@ after everything that can be done here and says what is missing; nothing pretend
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from agq.errors import AgqError
 
 TOOLS = ("vivado", "vitis_hls")
+# folder names of the Vivado board files FINN's Zynq shell needs, under FINN_DEPS/board_files
+BOARD_FILES = {"Pynq-Z1": "pynq-z1", "Pynq-Z2": "pynq-z2"}
 VIVADO_VERSIONS = "Vivado 2022.2 or 2024.2"
 # exit status of `agq build` when the Vivado steps could not run (and --allow-missing-vivado is absent)
 EXIT_NO_VIVADO = 3
@@ -27,9 +30,19 @@ VIVADO_STEP_NAMES = (
 )
 
 
-def missing_tools() -> list[str]:
-    """The Xilinx tools the Vivado steps need that are not on PATH."""
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing_tools(board: str) -> list[str]:
+    """What the Vivado steps need and this machine lacks: tools on PATH, their settings, board files."""
+    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
+    missing = [f"{', '.join(absent)} not on PATH"] if absent else []
+    if not absent and "XILINX_VIVADO" not in os.environ:
+        missing.append("XILINX_VIVADO unset")
+    if board in BOARD_FILES:
+        from finn.util.settings import get_settings
+
+        folder = get_settings().finn_deps / "board_files" / BOARD_FILES[board]
+        if not folder.is_dir():
+            missing.append(f"no {folder}")
+    return missing
 
 
 def vivado_steps(finn_steps: object) -> list:
@@ -40,13 +53,12 @@ def vivado_steps(finn_steps: object) -> list:
 def stop_paragraph(build_dir: Path, board: str, command: str, missing: list[str]) -> str:
     """One short paragraph: what was produced (paths), what is missing, how to continue."""
     return (
-        f"Built without Vivado: the all-RTL dataflow partition with generated HDL "
-        f"({build_dir / 'partition_hdl.onnx'}, code under {build_dir / 'finn_tmp'}), the integer-only "
-        f"certificate and estimates ({build_dir / 'report.json'}) and the log ({build_dir / 'build.log'}). "
-        f"Not built: FIFO sizing, stitched IP, bitstream, PYNQ driver and deployment package - they need "
-        f"{VIVADO_VERSIONS} with Vitis HLS ({', '.join(missing)} not on PATH) and the {board} board files. "
-        f"To continue, source Vivado's settings64.sh and run `{command}` (finished steps are reused), "
-        f"or run `docker/run.sh make bitstream` with VIVADO_PATH set."
+        f"Stopped before the Vivado steps. Produced: {build_dir / 'partition_hdl.onnx'} (all-RTL partition, "
+        f"HDL in {build_dir / 'finn_tmp'}), {build_dir / 'report.json'} (certificate, estimates), "
+        f"{build_dir / 'build.log'}. Missing for FIFO sizing, stitched IP, bitstream, PYNQ driver and "
+        f"deployment package: {VIVADO_VERSIONS} with Vitis HLS and the {board} board files "
+        f"({'; '.join(missing)}). To continue: source Vivado's settings64.sh, put the board files under "
+        f"$FINN_DEPS/board_files and run `{command}` (finished steps are reused), or run docker/run.sh."
     )
 
 
