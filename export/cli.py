@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from agq.errors import AgqError
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise AgqError(f"--images={args.images}: need at least one image for the equality check")
+    # Brevitas warns at import about an optional CUDA kernel package that CPU export never uses.
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     from export.qonnx import EquivalenceError, export_checkpoint
 
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
 from torch import nn
 
-from export.layers import QuantLayer, pair_layers
+from export.layers import QuantLayer, output_scale, pair_layers, trace_quant_layers
 
 # Two pre-quantization values closer than this (in quantization steps) differ by float rounding only.
 # Measured noise between PyTorch and qonnx/onnxruntime BatchNorm: ~2e-6 steps; a changed weight or
@@ -129,6 +129,20 @@ def _exact_logits(
     """
     codes = np.round(fc_input.reshape(len(fc_input), -1).astype(np.float64) / act_scale).astype(np.int64)
     return codes @ int_weight.T, np.abs(codes) @ np.abs(int_weight).T
+
+
+def integer_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """F's exact integer logits (int64) for raw uint8 images (N x C x H x W): what the last MVAU outputs.
+
+    Compare hardware results with these, not with round(logits / scale): that rounding is float32-limited
+    (see ``_exact_logits``).
+    """
+    layers = trace_quant_layers(model, (1, *images.shape[1:]))
+    output_scale(layers)  # the last two layers must be the per-tensor activation and FC
+    act, fc = layers[-2], layers[-1]
+    _, fc_input, _ = _torch_run(model, [], fc, images.astype(np.float32))
+    weight = fc.module.quant_weight().int().numpy().astype(np.int64)
+    return _exact_logits(fc_input, float(act.scale().item()), weight)[0]
 
 
 class _BatchedQonnx:

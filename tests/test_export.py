@@ -17,7 +17,7 @@ from qonnx.util.cleanup import cleanup_model
 from agq.cli import main
 from agq.errors import AgqError
 from export.contract import contract_violations
-from export.equivalence import TIE_TOLERANCE_STEPS, check_equivalence
+from export.equivalence import TIE_TOLERANCE_STEPS, check_equivalence, integer_logits
 from export.layers import output_scale, trace_quant_layers
 from export.lint import lint_graph
 from export.qonnx import EquivalenceError, export_checkpoint, to_qonnx
@@ -130,6 +130,15 @@ def test_reexport_is_byte_identical(checkpoint, exported, tmp_path):
 def test_contract_passes_on_trained_model(deployable):
     net, layers, *_ = deployable
     assert contract_violations(layers, net.cfg) == []
+
+
+def test_integer_logits_are_the_rounded_logits(deployable):
+    net, _, scale, images, _ = deployable
+    with torch.no_grad():
+        logits = net(torch.from_numpy(images).float()).numpy().astype(np.float64)
+    exact = integer_logits(net, images)
+    assert exact.dtype == np.int64 and np.abs(exact).max() > 1000
+    np.testing.assert_array_equal(exact, np.round(logits / scale))
 
 
 def test_contract_names_an_8_bit_first_layer():
