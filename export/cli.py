@@ -9,8 +9,6 @@ import time
 import warnings
 from pathlib import Path
 
-from agq.errors import AgqError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -22,19 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt written by agq train")
     parser.add_argument("--out", type=Path, required=True, help="output folder (model.onnx, model.json)")
     parser.add_argument("--images", type=int, default=256, help="test images for the equality check")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.images < 1:
-        raise AgqError(f"--images={args.images}: need at least one image for the equality check")
     # Brevitas warns at import about an optional CUDA kernel package that CPU export never uses.
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     from export.qonnx import EquivalenceError, export_checkpoint
 
     start = time.perf_counter()
     try:
-        onnx_path = export_checkpoint(args.checkpoint, args.out, n_images=args.images)
+        onnx_path = export_checkpoint(args.checkpoint, args.out, n_images=args.images,
+                                      progress=not args.no_progress)
     except EquivalenceError as exc:
         for line in [*exc.report.weight_mismatches, *map(str, exc.report.differences)]:
             print(line, file=sys.stderr)

@@ -12,6 +12,7 @@ Brevitas' exactly, so that a weight altered in the file is named even where no i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from qonnx.core.onnx_exec import execute_onnx
 from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
 from torch import nn
+from tqdm import tqdm
 
 from export.layers import QuantLayer, output_scale, pair_layers, trace_quant_layers
 
@@ -96,6 +98,7 @@ class EquivalenceReport:
         out = asdict(self)
         out["differences"] = [str(d) for d in self.differences]
         out["ties"] = len(self.ties)
+        out["tie_tolerance_steps"] = TIE_TOLERANCE_STEPS
         return out
 
 
@@ -237,7 +240,7 @@ def _diagnose_logits(
 
 def check_equivalence(
     model: nn.Module, layers: list[QuantLayer], qmodel: ModelWrapper, images: np.ndarray,
-    labels: np.ndarray, scale: float, batch: int = 64,
+    labels: np.ndarray, scale: float, batch: int = 64, progress: bool = False,
 ) -> EquivalenceReport:
     """Run F and the QONNX model on ``images`` (raw uint8, N x C x H x W) and compare them image by image."""
     pairs = pair_layers(layers, qmodel)
@@ -247,7 +250,8 @@ def check_equivalence(
     pt_weight = fc.module.quant_weight().int().numpy().astype(np.int64)
     runner = _BatchedQonnx(qmodel, min(batch, len(images)))
     report = EquivalenceReport(images=len(images), output_scale=scale)
-    for start in range(0, len(images), runner.batch):
+    starts = range(0, len(images), runner.batch)
+    for start in tqdm(starts, desc="equality check", unit="batch", disable=not progress, file=sys.stderr):
         x = images[start : start + runner.batch].astype(np.float32)
         n = len(x)
         pt_logits, pt_fc_in, pt_acts = _torch_run(model, [layer for layer, _ in acts], fc, x)

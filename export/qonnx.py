@@ -50,12 +50,14 @@ def _refuse(checkpoint: Path, problems: list[str]) -> None:
         raise AgqError(f"{checkpoint} is not deployable: " + "; ".join(problems))
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256) -> Path:
+def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256, progress: bool = False) -> Path:
     """Export a checkpoint's deployable F to ``out_dir/model.onnx`` (+ ``model.json``); returns its path.
 
     Raises AgqError naming the layer on a contract or lint violation, and :class:`EquivalenceError` when
     the exported model is not equal to F on the first ``n_images`` test images.
     """
+    if n_images < 1:
+        raise AgqError(f"--images {n_images}: the equality check needs at least one test image")
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     cfg, model, meta = load_deployable(checkpoint)
     shape = (1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
@@ -67,7 +69,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256) -> P
     _refuse(checkpoint, graph_contract_violations(qmodel, pairs, cfg.model))
     scale = output_scale(layers)
     images, labels = test_images(cfg.data, n_images)
-    report = check_equivalence(model, layers, qmodel, images, labels, scale)
+    report = check_equivalence(model, layers, qmodel, images, labels, scale, progress=progress)
     if not report.ok:
         raise EquivalenceError(report)
     card = model_card(
