@@ -40,7 +40,7 @@ def versions() -> dict[str, str]:
 
 
 def model_card(
-    cfg: Config, meta: dict[str, Any], checkpoint: Path, checkpoint_sha256: str,
+    cfg: Config, meta: dict[str, Any], checkpoint: Path, checkpoint_sha256: str, model_sha256: str,
     pairs: list[tuple[QuantLayer, NodeProto, NodeProto | None]], input_name: str, output_name: str,
     output_scale: float, classes: list[str], report: EquivalenceReport,
 ) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def model_card(
     return {
         "format": CARD_FORMAT,
         "name": cfg.name,
-        "model": "model.onnx",
+        "model": {"path": "model.onnx", "sha256": model_sha256},
         "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256},
         "dataset": meta.get("dataset", cfg.data.dataset),
         "classes": classes,

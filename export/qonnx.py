@@ -9,6 +9,7 @@ deployability lint and the equality check on real test images all pass.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -72,11 +73,13 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256, prog
     report = check_equivalence(model, layers, qmodel, images, labels, scale, progress=progress)
     if not report.ok:
         raise EquivalenceError(report)
+    onnx_bytes = qmodel.model.SerializeToString()
     card = model_card(
-        cfg, meta, checkpoint, file_sha256(checkpoint), pairs, qmodel.graph.input[0].name,
-        qmodel.graph.output[0].name, scale, meta.get("classes") or class_names(cfg.data), report,
+        cfg, meta, checkpoint, file_sha256(checkpoint), hashlib.sha256(onnx_bytes).hexdigest(), pairs,
+        qmodel.graph.input[0].name, qmodel.graph.output[0].name, scale,
+        meta.get("classes") or class_names(cfg.data), report,
     )
     onnx_path = out_dir / "model.onnx"
-    atomic_write_bytes(onnx_path, qmodel.model.SerializeToString())
+    atomic_write_bytes(onnx_path, onnx_bytes)
     atomic_write_bytes(out_dir / "model.json", card_bytes(card))
     return onnx_path
