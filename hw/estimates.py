@@ -32,8 +32,9 @@ def collect(report_dir: Path, board: Board, clock_ns: float, target_fps: int) ->
         for name, res in resources.items() if name != "total"
     }
     total = {k: sum(layer[k] for layer in layers.values()) for k in KINDS}
-    share = None
+    share, note = None, f"FINN has no resource model of {board.name}: board share not checked"
     if board.resources is not None:
+        note = "FINN's analytical estimates (RTL MVAUs are counted in DSPs; LUTs exclude them)"
         share = {k: total[k] / board.resources[k] for k in KINDS if board.resources.get(k)}
     clock_mhz = 1e3 / clock_ns
     max_cycles = int(perf["max_cycles"])
@@ -42,6 +43,7 @@ def collect(report_dir: Path, board: Board, clock_ns: float, target_fps: int) ->
         "total": total,
         "board": board.to_dict(),
         "board_share": share,
+        "note": note,
         "clock_mhz": clock_mhz,
         "target_fps": target_fps,
         "target_cycles_per_frame": int(1e9 / clock_ns / target_fps),

@@ -8,18 +8,15 @@ agq's steps write their results next to FINN's reports in ``<build>/report/``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import finn.builder.build_dataflow_steps as finn
-from finn.builder.build_dataflow_config import DataflowBuildConfig
-from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
-from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
-from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+from finn.builder.build_dataflow_config import AutoFIFOSizingMethod, DataflowBuildConfig
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
-from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
 
 from agq.errors import AgqError
 from hw import estimates
@@ -44,6 +41,12 @@ class AgqBuildConfig(DataflowBuildConfig):
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _save_model(model: ModelWrapper, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    model.save(str(tmp))
     tmp.replace(path)
 
 
@@ -95,28 +98,23 @@ def step_check_budget(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
 def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Write the stitchable all-RTL partition ``partition_hdl.onnx`` and its ``parent.onnx``.
 
-    The partition gets FINN's width converters and (shallow) FIFOs, is specialised again (RTL) and has
-    HDL generated for every layer, so a simulator can stitch it without Vivado. FIFO depths are the
-    minimal ones: sizing them needs FINN's XSim-based step_set_fifo_depths. The model passed on is the
-    unchanged input, from which the Vivado steps insert their own, sized FIFOs.
+    FINN's step_set_fifo_depths with the force_minimal_fifos strategy (no simulation, so no Vivado)
+    adds the width converters and minimal-depth FIFOs, specialises them and generates their HDL, so a
+    simulator can stitch the partition. The model passed on is the unchanged input, from which the
+    Vivado steps insert their own FIFOs, sized by FINN's XSim-based simulation.
     """
-    hdl = copy.deepcopy(model)
-    hdl = hdl.transform(InsertDWC())
-    hdl = hdl.transform(InsertFIFO(create_shallow_fifos=True))
-    hdl = hdl.transform(PreferRTL())
-    hdl = hdl.transform(SpecializeLayers(cfg._resolve_fpga_part()))
-    hdl = hdl.transform(GiveUniqueNodeNames())
-    hdl = hdl.transform(GiveReadableTensorNames())
-    hdl = finn.step_hw_codegen(hdl, cfg)
+    minimal = dataclasses.replace(cfg, auto_fifo_depths=True,
+                                  auto_fifo_strategy=AutoFIFOSizingMethod.FORCE_MINIMAL_FIFOS)
+    hdl = finn.step_set_fifo_depths(copy.deepcopy(model), minimal)
     require_all_rtl(hdl, cfg._resolve_fpga_part())
     out = Path(cfg.output_dir)
-    hdl.save(str(out / PARTITION_HDL))
+    _save_model(hdl, out / PARTITION_HDL)
     parent = _parent(cfg)
     sdp = parent.get_nodes_by_op_type(SDP)
     if len(sdp) != 1:
         raise AgqError(f"expected one dataflow partition, FINN made {len(sdp)}")
     getCustomOp(sdp[0]).set_nodeattr("model", str((out / PARTITION_HDL).resolve()))
-    parent.save(str(out / PARENT))
+    _save_model(parent, out / PARENT)
     cert = certificate(hdl, parent)
     _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
     require_integer_only(cert)

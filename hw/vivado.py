@@ -19,11 +19,13 @@ BOARD_FILES = {"Pynq-Z1": "pynq-z1", "Pynq-Z2": "pynq-z2"}
 VIVADO_VERSIONS = "Vivado 2022.2 or 2024.2"
 # exit status of `agq build` when the Vivado steps could not run (and --allow-missing-vivado is absent)
 EXIT_NO_VIVADO = 3
-# FINN's step names, in FINN's order (finn.builder.build_dataflow_config.default_build_dataflow_steps)
+# FINN's step names, in FINN's order (finn.builder.build_dataflow_config.default_build_dataflow_steps;
+# step_prepare_synthesis does nothing for Zynq and builds the kernels for Alveo)
 VIVADO_STEP_NAMES = (
     "step_hw_ipgen",
     "step_set_fifo_depths",
     "step_create_stitched_ip",
+    "step_prepare_synthesis",
     "step_synthesize_bitfile",
     "step_make_driver",
     "step_deployment_package",
