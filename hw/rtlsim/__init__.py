@@ -1,0 +1,1 @@
+"""Cycle-level RTL simulation of a FINN build with Verilator (agq rtlsim)."""

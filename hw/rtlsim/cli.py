@@ -1,0 +1,35 @@
+"""``agq rtlsim``: test images through the Verilator simulation of a build's RTL, bit-exact or an error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "rtlsim", help="simulate a build's RTL with Verilator on test images, check it bit-exact",
+        description=__doc__,
+    )
+    parser.add_argument("--build", type=Path, required=True, help="build folder written by agq build")
+    parser.add_argument("--images", type=int, default=100, help="test images to simulate (default 100)")
+    parser.add_argument("--stall-prob", type=float, default=0.0,
+                        help="probability that the output's TREADY is held low in a cycle (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stall pattern (default 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel simulator processes (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agq.errors import AgqError
+    from hw.rtlsim.report import FOLDER, summary
+    from hw.rtlsim.run import simulate
+
+    report = simulate(args.build, images=args.images, stall_prob=args.stall_prob, seed=args.seed,
+                      jobs=args.jobs, progress=not args.no_progress)
+    print(summary(report))
+    print(f"report: {args.build / FOLDER / 'report.md'}")
+    if not report["ok"]:
+        raise AgqError(f"the RTL simulation is not bit-exact (see {args.build / FOLDER / 'report.md'})")
+    return 0

@@ -1,0 +1,88 @@
+"""The rtlsim report: ``<build>/rtlsim/report.json`` (every number) and ``report.md`` (for people).
+
+They go into a sub-folder because the build folder's own ``report.json`` belongs to ``agq build``.
+Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.checkpoint import atomic_write_bytes
+
+FOLDER = "rtlsim"
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    n, exact, perf, cyc = report["images"], report["bit_exact"], report["performance"], report["cycles"]
+    sim = report["simulation"]
+    lines = [
+        f"{n} {report['dataset']} test images, stall probability {report['stall_prob']}: "
+        f"{exact['finn_python']}/{n} bit-exact vs FINN Python, {exact['pytorch']}/{n} vs PyTorch "
+        f"({exact['pytorch_float_ties']} float ties); "
+        f"hardware top-1 {100 * report['accuracy']['top1']:.2f} %",
+        f"cycles: first output {cyc['first_output']:,}, first image {cyc['first_image']:,}, steady state "
+        f"{_fmt(cyc['steady_state_per_image'])} per image = {_fmt(perf['fps'])} frames/s at "
+        f"{perf['clock_mhz']:g} MHz; FINN estimate {perf['finn_estimate_cycles_per_image']:,} cycles "
+        f"(ratio {_fmt(perf['ratio_to_finn_estimate'], '.3f')})",
+        f"simulation: {_fmt(sim['cycles_per_second'])} cycles/s, {sim['images_per_second']:.1f} images/s, "
+        f"{sim['wall_seconds']:.1f} s wall; simulator "
+        + ("from cache" if sim["simulator_cached"] else f"built in {sim['simulator_build_seconds']:.1f} s"),
+    ]
+    for diff in exact["differences"]:
+        verdict = "float tie" if diff["float_tie"] else "ERROR"
+        lines.append(f"  image {diff['image']} differs from PyTorch ({verdict}): {diff['cause']}")
+    if exact["finn_python_differing_images"]:
+        lines.append(f"  images differing from FINN Python: {exact['finn_python_differing_images']}")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    n, exact, perf, cyc = report["images"], report["bit_exact"], report["performance"], report["cycles"]
+    sim = report["simulation"]
+    rows = [
+        ("images", f"{n} ({report['dataset']} test split, first {n})"),
+        ("output stall probability", f"{report['stall_prob']} (seed {report['seed']})"),
+        ("bit-exact vs FINN Python execution", f"{exact['finn_python']}/{n}"),
+        ("bit-exact vs PyTorch integer logits",
+         f"{exact['pytorch']}/{n} ({exact['pytorch_float_ties']} float ties)"),
+        ("PyTorch float logits / scale, rounded, equal", f"{exact['pytorch_rounded_float_logits']}/{n}"),
+        ("hardware top-1", f"{100 * report['accuracy']['top1']:.2f} %"),
+        ("cycles to the first output", f"{cyc['first_output']:,}"),
+        ("cycles to the first image's last output", f"{cyc['first_image']:,}"),
+        ("steady-state cycles per image", _fmt(cyc["steady_state_per_image"])),
+        (f"frames/s at {perf['clock_mhz']:g} MHz", _fmt(perf["fps"])),
+        ("FINN estimate (cycles per image, bottleneck)",
+         f"{perf['finn_estimate_cycles_per_image']:,} ({perf['finn_estimate_bottleneck']})"),
+        ("simulated / estimated cycles per image", _fmt(perf["ratio_to_finn_estimate"], ".3f")),
+        ("simulation speed",
+         f"{_fmt(sim['cycles_per_second'])} cycles/s, {sim['images_per_second']:.1f} images/s"),
+        ("simulator", f"{sim['verilator']}, {sim['nodes']} nodes, {sim['streams']} AXI streams, "
+         + ("cached" if sim["simulator_cached"] else f"built in {sim['simulator_build_seconds']} s")),
+        ("finn-rtllib files fixed for Verilator", ", ".join(sim["rtllib_fixes"]) or "none"),
+    ]
+    text = "# RTL simulation report\n\n" + f"Build: `{report['build_dir']}`. Result: "
+    text += ("**bit-exact**" if report["ok"] else "**NOT bit-exact**") + "\n\n| | |\n|---|---|\n"
+    text += "".join(f"| {k} | {v} |\n" for k, v in rows)
+    if exact["differences"]:
+        text += "\n## Differences from PyTorch\n\n"
+        text += "".join(
+            f"- image {d['image']} ({'float tie' if d['float_tie'] else 'ERROR'}): {d['cause']}\n"
+            for d in exact["differences"]
+        )
+    return text
+
+
+def write_report(build_dir: Path, report: dict[str, Any]) -> Path:
+    """Write both files; returns the folder."""
+    folder = Path(build_dir) / FOLDER
+    atomic_write_bytes(folder / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "report.md", markdown(report).encode())
+    return folder

@@ -1,0 +1,174 @@
+"""``simulate``: test images through the cycle-level RTL simulation of a build, against FINN and PyTorch.
+
+The simulator processes run while this process computes FINN's Python execution of the same partition
+and PyTorch's integer logits, so on two cores the references cost little extra wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from agq.errors import AgqError
+from hw.rtlsim.build_info import read_build
+from hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_per_image
+from hw.rtlsim.report import write_report
+
+# Longest time without any AXI-stream handshake that is still progress: a layer never computes a whole
+# frame without moving a stream, so FINN's per-layer cycle estimate bounds it; floor for tiny designs.
+WATCHDOG_FLOOR = 10_000
+# A run longer than this many times FINN's estimate per image (plus latency) is a livelock, not slow.
+MAX_CYCLES_FACTOR = 50
+MAX_DIAGNOSED = 20
+
+
+def _steady_state(chunks: list[ChunkResult], out_words: int) -> float | None:
+    """Mean cycles between consecutive images' last output words, over every chunk with 2+ images."""
+    spans = gaps = 0
+    for chunk in chunks:
+        if chunk.images >= 2:
+            done = chunk.cycles[out_words - 1 :: out_words]
+            spans += done[-1] - done[0]
+            gaps += len(done) - 1
+    return spans / gaps if gaps else None
+
+
+def _validate(images: int, stall_prob: float, jobs: int) -> None:
+    if images < 1:
+        raise AgqError(f"--images {images}: need at least one image")
+    if not 0.0 <= stall_prob < 1.0:
+        raise AgqError(f"--stall-prob {stall_prob}: must be in [0, 1) (1 would never accept an output)")
+    if jobs < 1:
+        raise AgqError(f"--jobs {jobs}: need at least one simulator process")
+
+
+def simulate(
+    build_dir: Path, images: int = 100, stall_prob: float = 0.0, seed: int = 0, *, jobs: int = 1,
+    progress: bool = True, write: bool = True,
+) -> dict[str, Any]:
+    """Simulate ``images`` test images on the build's RTL; returns the report (also written when ``write``).
+
+    ``stall_prob`` is the chance that the testbench holds the output's TREADY low in a cycle (seeded by
+    ``seed``). ``jobs`` simulator processes split the images. The report counts images whose integer
+    logits are bit-exact against FINN's Python execution and against PyTorch, and gives top-1, cycles,
+    frames/s and the simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``.
+    """
+    _validate(images, stall_prob, jobs)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from export.layers import trace_quant_layers
+    from hw import finn_env
+    from hw.rtlsim.references import FinnPython, explain_difference, partition_inputs, torch_logits
+    from hw.rtlsim.rtllib_fixes import fixed_files
+    from hw.rtlsim.stitch import stitch
+    from hw.rtlsim.verilator import compile_design, verilator_version
+    from training.checkpoint import load_deployable
+    from training.data import test_images
+
+    info = read_build(Path(build_dir))
+    finn_env.use_build_dir(info.build_dir)  # FINN's settings (finn-rtllib path) for its IPI descriptions
+    cfg, model, _ = load_deployable(info.checkpoint)
+    raw, labels = test_images(cfg.data, images)
+    n = len(raw)
+    design = stitch(ModelWrapper(str(info.partition)))
+    if progress:
+        tqdm.write(f"agq rtlsim: {len(design.nodes)} nodes, {len(design.streams)} streams; Verilator "
+                   f"simulator (cached once built) ...")
+    simulator = compile_design(design)
+    inputs = partition_inputs(info.parent, raw)
+    out_words = words_per_image(design.output.folded_shape)
+    cycle_hint = max(info.finn_max_cycles, info.finn_latency_cycles or 0)
+    bars = [tqdm(total=n, desc=desc, unit="img", position=k, leave=True, disable=not progress)
+            for k, desc in enumerate(("RTL simulation", "FINN Python"))]
+    try:
+        with ChunkedRun(
+            simulator, design, inputs, stall_prob=stall_prob, seed=seed, jobs=jobs,
+            watchdog=max(WATCHDOG_FLOOR, 2 * cycle_hint),
+            max_cycles_per_image=int(MAX_CYCLES_FACTOR * cycle_hint / (1.0 - stall_prob)),
+            on_image=bars[0].update,
+        ) as sim_run:
+            start = time.monotonic()
+            sim_run.start()
+            finn = FinnPython(info.partition)
+            finn_out = finn.outputs(inputs, on_image=bars[1].update)
+            layers = trace_quant_layers(model, (1, *raw.shape[1:]))
+            torch_exact, torch_float = torch_logits(model, layers, raw)
+            chunks = sim_run.wait()
+            wall = time.monotonic() - start
+    finally:
+        for bar in bars:
+            bar.close()
+    hw = np.concatenate([unpack_outputs(design, c.words, c.images) for c in chunks])
+
+    finn_equal = (hw == finn_out).all(axis=1)
+    torch_equal = (hw == torch_exact).all(axis=1)
+    rounded_equal = (hw == np.round(torch_float.astype(np.float64) / info.output_scale)).all(axis=1)
+    differences = []
+    for i in np.flatnonzero(~torch_equal)[:MAX_DIAGNOSED]:
+        tie, cause = explain_difference(model, layers, finn, raw[i : i + 1], inputs[i : i + 1])
+        differences.append({
+            "image": int(i), "float_tie": tie and bool(finn_equal[i]), "cause": cause,
+            "hardware": hw[i].tolist(), "pytorch": torch_exact[i].tolist(),
+        })
+    undiagnosed = int((~torch_equal).sum()) - len(differences)
+    ties = sum(d["float_tie"] for d in differences)
+    predictions = (hw * np.sign(info.output_scale)).argmax(axis=1)
+    steady = _steady_state(chunks, out_words)
+    first = chunks[0]
+    sim_cycles = sum(c.total_cycles for c in chunks)
+    report = {
+        "format": "agq-rtlsim-v1",
+        "build_dir": str(info.build_dir),
+        "partition": str(info.partition),
+        "dataset": cfg.data.dataset,
+        "images": n,
+        "stall_prob": stall_prob,
+        "seed": seed,
+        "jobs": len(chunks),
+        "bit_exact": {
+            "finn_python": int(finn_equal.sum()),
+            "pytorch": int(torch_equal.sum()),
+            "pytorch_float_ties": ties,
+            "pytorch_rounded_float_logits": int(rounded_equal.sum()),
+            "differences": differences,
+            "undiagnosed_differences": undiagnosed,
+            "finn_python_differing_images": np.flatnonzero(~finn_equal)[:MAX_DIAGNOSED].tolist(),
+        },
+        "accuracy": {"top1": float((predictions == labels).mean()),
+                     "correct": int((predictions == labels).sum())},
+        "cycles": {
+            "first_output": first.cycles[0],
+            "first_image": first.cycles[out_words - 1],
+            "steady_state_per_image": steady,
+            "simulated": sim_cycles,
+        },
+        "performance": {
+            "clock_mhz": info.clock_mhz,
+            "fps": info.clock_mhz * 1e6 / steady if steady else None,
+            "finn_estimate_cycles_per_image": info.finn_max_cycles,
+            "finn_estimate_bottleneck": info.finn_bottleneck,
+            "finn_estimate_fps": info.clock_mhz * 1e6 / info.finn_max_cycles,
+            "ratio_to_finn_estimate": steady / info.finn_max_cycles if steady else None,
+            "finn_estimate_latency_cycles": info.finn_latency_cycles,
+        },
+        "simulation": {
+            "verilator": verilator_version(),
+            "simulator_key": simulator.key,
+            "simulator_build_seconds": round(simulator.build_seconds, 2),
+            "simulator_cached": simulator.build_seconds == 0.0,
+            "wall_seconds": round(wall, 3),
+            "cycles_per_second": sim_cycles / sum(c.wall_seconds for c in chunks),
+            "images_per_second": n / wall,
+            "nodes": len(design.nodes),
+            "streams": len(design.streams),
+            "rtllib_fixes": fixed_files(design.sources),
+        },
+    }
+    report["ok"] = bool(finn_equal.all()) and undiagnosed == 0 and all(d["float_tie"] for d in differences)
+    if write:
+        write_report(info.build_dir, report)
+    return report
