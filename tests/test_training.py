@@ -99,3 +99,25 @@ def test_another_seed_gives_other_weights(uninterrupted, tmp_path):
     cfg = tiny(tmp_path, "train.seed=1", "train.epochs=0", "train.pretrain_epochs=1")
     other = load_checkpoint(train(cfg, progress=False))["model"]
     assert not torch.equal(other["stem.weight"], load_checkpoint(full_path)["model"]["stem.weight"])
+
+
+@pytest.mark.parametrize(("name", "weight_layers", "fc_inputs"), [
+    ("mnist_plain_ag_ssp", 5, 512),
+    ("digits_tiny", 4, 64),
+    ("cifar100_resnet18_plain", 18, 8192),
+    ("cifar100_resnet18_residual", 18, 8192),
+    ("cifar100_resnet34_plain", 34, 8192),
+])
+def test_shipped_configs_build_their_networks(name, weight_layers, fc_inputs):
+    from brevitas.nn import QuantConv2d, QuantLinear
+
+    from training.models import build_model
+
+    cfg = load_config(f"configs/{name}.yaml")
+    model = build_model(cfg.model)
+    # weight layers as ResNet counts them: stem, the 3x3 convs, the FC (not the 1x1 shortcuts)
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == weight_layers
+    (fc,) = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert fc.in_features == fc_inputs and fc.out_features == cfg.model.num_classes
+    assert (cfg.model.arch == "residual") == any(b.shortcut is not None for b in model.blocks)

@@ -137,6 +137,7 @@ class TrainConfig:
     epochs: int = 6
     lr: float = 1e-3
     weight_decay: float = 0.0
+    pretrain_weight_decay: float = 0.0
     lr_milestones: list[float] = field(default_factory=lambda: [25 / 35, 30 / 35])
     lr_gamma: float = 0.1
     seed: int = 0
@@ -149,6 +150,8 @@ class TrainConfig:
             raise AgqError("config train.epochs/pretrain_epochs: must be >= 0")
         if self.lr <= 0 or self.pretrain_lr <= 0:
             raise AgqError("config train.lr/pretrain_lr: must be > 0")
+        if self.weight_decay < 0 or self.pretrain_weight_decay < 0:
+            raise AgqError("config train.weight_decay/pretrain_weight_decay: must be >= 0")
         if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
             raise AgqError("config train.lr_milestones: fractions of the fine-tuning epochs, in (0, 1]")
 

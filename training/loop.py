@@ -2,13 +2,13 @@
 
 Phase ``pretrain``: F alone, every quantizer off (training.precision.full_precision), SGD with momentum at
 ``train.pretrain_lr`` with a per-step cosine decay (the paper only says "pre-trained"; cosine is our choice),
-cross-entropy.
+weight decay ``train.pretrain_weight_decay``, cross-entropy.
 
 Phase ``finetune``: the training objective (F plus AG / SSP / baseline parts, training/objective.py), Adam
-at ``train.lr``, ``MultiStepLR`` dividing by 10 at the paper's milestones 25/35 and 30/35 scaled to the
-epoch count. Building the objective initialises Brevitas' lazily initialised weight scales from the
-pre-trained weights (training.objective.init_weight_scales), so every DDP process starts fine-tuning from
-the same scales whatever SSP draws first.
+at ``train.lr`` (weight decay ``train.weight_decay``), ``MultiStepLR`` dividing by 10 at the paper's
+milestones 25/35 and 30/35 scaled to the epoch count. Building the objective initialises Brevitas' lazily
+initialised weight scales from the pre-trained weights (training.objective.init_weight_scales), so every
+DDP process starts fine-tuning from the same scales whatever SSP draws first.
 
 After every epoch: test (and validation) accuracy of F (of H too with AG), one row in the metrics files,
 and ``last.pt`` with the whole trainer state. At the end ``checkpoint.pt`` holds the deployable F.
@@ -151,7 +151,7 @@ class _Run:
         tcfg, model = self.cfg.train, self.model
         _load_state(model, state)
         optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.pretrain_lr, momentum=tcfg.momentum,
-                                    weight_decay=tcfg.weight_decay)
+                                    weight_decay=tcfg.pretrain_weight_decay)
         steps = max(1, tcfg.pretrain_epochs * len(self.batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         start = _restore_trainer(state, optimizer, scheduler)
@@ -215,7 +215,7 @@ class _Run:
         lr = optimizer.param_groups[0]["lr"]
         total = torch.zeros((), dtype=torch.float64, device=self.node.device)
         n = len(self.batches)
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         bar = tqdm(self.batches.epoch(global_epoch), total=n, desc=f"{phase} {epoch + 1}/{epochs}",
                    disable=not self.progress, leave=False, unit="batch")
         for i, (x, y) in enumerate(bar):
@@ -223,14 +223,15 @@ class _Run:
             total += loss
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
-        seconds = time.perf_counter() - begin
+        seconds, cpu_seconds = time.perf_counter() - begin, time.process_time() - cpu_begin
         (loss_sum,) = self.node.all_sum([float(total)])
         mean_loss = loss_sum / (n * self.node.world)
         if not math.isfinite(mean_loss):
             raise AgqError(f"training diverged in {phase} epoch {epoch + 1} (loss {mean_loss}); "
                            f"lower train.{'pretrain_lr' if phase == 'pretrain' else 'lr'}")
         return {"phase": phase, "epoch": epoch + 1, "global_epoch": global_epoch + 1, "lr": lr,
-                "train_loss": mean_loss, "time_s": round(seconds, 3)}
+                "train_loss": mean_loss, "time_s": round(seconds, 3),
+                "cpu_s": round(cpu_seconds, 3)}
 
     def _evaluate(self, logits_of: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, Any]:
         begin = time.perf_counter()
