@@ -59,11 +59,14 @@ def _source_hash() -> str:
 
 
 def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path) -> str:
-    """Cache key of the whole build: input model, config, board, build folder, code and FINN version."""
+    """Cache key of the whole build: input model, config (and folding file), board, build folder, code
+    and FINN version."""
     digest = hashlib.sha256(proto.SerializeToString())
     meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
             "code": _source_hash(), "finn": version("finn-plus")}
     digest.update(json.dumps(meta, sort_keys=True).encode())
+    if hw_cfg.folding_config:
+        digest.update(Path(hw_cfg.folding_config).read_bytes())
     return digest.hexdigest()
 
 
@@ -100,6 +103,32 @@ def _write_report(build_dir: Path, data: dict) -> None:
     tmp.replace(build_dir / REPORT)
 
 
+def _paths(build_dir: Path) -> dict[str, str]:
+    from hw.steps import PARENT, PARTITION_HDL
+
+    return {
+        "partition_hdl": str(build_dir / PARTITION_HDL),
+        "parent": str(build_dir / PARENT),
+        "build_log": str(build_dir / LOG),
+        "intermediate_models": str(build_dir / "intermediate_models"),
+        "finn_reports": str(build_dir / "report"),
+        "hdl": str(build_dir / finn_env.FINN_TMP),
+    }
+
+
+def _results(build_dir: Path) -> dict:
+    """The certificate and estimates agq's steps wrote into FINN's report folder."""
+    from hw.steps import CERTIFICATE, ESTIMATES
+
+    cert = json.loads((build_dir / "report" / CERTIFICATE).read_text())
+    return {
+        "certificate": cert,
+        "host_nodes": cert["host"],
+        "output_scale": cert["output_scale"],
+        "estimates": json.loads((build_dir / "report" / ESTIMATES).read_text()),
+    }
+
+
 def build_accelerator(
     model: Path,
     board: str = DEFAULT_BOARD,
@@ -111,13 +140,15 @@ def build_accelerator(
     """Build the accelerator for ``model`` on ``board``; returns the build folder.
 
     Without Vivado the build stops after HDL generation and raises AgqError with exit status 3, or,
-    with ``allow_missing_vivado``, prints the same paragraph and returns normally.
+    with ``allow_missing_vivado``, prints the same paragraph and returns normally. report.json's
+    ``status`` is "complete", "no_vivado" or "failed" (with the error), so a stale report never
+    describes a build that has since failed.
     """
     model = Path(model)
     target = resolve_board(board)
     hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
     proto = load_qonnx(model)
-    build_dir = Path(out_dir) if out_dir is not None else model.parent / target.name
+    build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
     missing = vivado.missing_tools(target.name)
@@ -131,39 +162,35 @@ def build_accelerator(
     _require_integer_input(wrapper, model)
     cfg = finn_config(hw_cfg, target, build_dir)
     build_steps = list(steps.BUILD_STEPS) + ([] if missing else vivado.vivado_steps(finn_steps))
-    reports = build_dir / "report"
     required = [build_dir / steps.PARTITION_HDL, build_dir / steps.PARENT,
-                reports / steps.CERTIFICATE, reports / steps.ESTIMATES]
-    start = time.perf_counter()
-    with (build_dir / LOG).open("a") as log:
-        print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
-        runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
-        final = runner.run(build_steps, wrapper, required)
-    seconds = time.perf_counter() - start
-    partition = ModelWrapper(str(build_dir / steps.PARTITION_HDL))
-    finn_env.prune_generated_code(build_dir, finn_env.codegen_dirs(final) | finn_env.codegen_dirs(partition))
-    cert = json.loads((reports / steps.CERTIFICATE).read_text())
-    _write_report(build_dir, {
+                build_dir / "report" / steps.CERTIFICATE, build_dir / "report" / steps.ESTIMATES]
+    report = {
+        "status": "failed",
         "model": str(model.resolve()),
         "model_sha256": hashlib.sha256(proto.SerializeToString()).hexdigest(),
         "board": target.to_dict(),
         "config": asdict(hw_cfg),
         "finn_version": version("finn-plus"),
-        "build_seconds": round(seconds, 2),
-        "steps": [{k: r[k] for k in ("name", "seconds", "reused")} for r in runner.records],
-        "certificate": cert,
-        "host_nodes": cert["host"],
-        "output_scale": cert["output_scale"],
-        "estimates": json.loads((reports / steps.ESTIMATES).read_text()),
-        "vivado": {"missing": missing, "steps_run": [] if missing else list(vivado.VIVADO_STEP_NAMES)},
-        "paths": {
-            "partition_hdl": str(build_dir / steps.PARTITION_HDL),
-            "parent": str(build_dir / steps.PARENT),
-            "build_log": str(build_dir / LOG),
-            "intermediate_models": str(build_dir / "intermediate_models"),
-            "finn_reports": str(reports),
-            "hdl": str(build_dir / finn_env.FINN_TMP),
-        },
+        "vivado": {"missing": missing, "steps": [] if missing else list(vivado.VIVADO_STEP_NAMES)},
+        "paths": _paths(build_dir),
+    }
+    start = time.perf_counter()
+    with (build_dir / LOG).open("a") as log:
+        print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
+        runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
+        try:
+            final = runner.run(build_steps, wrapper, required)
+        except AgqError as exc:
+            _write_report(build_dir, {**report, "error": str(exc), "steps": runner.records})
+            raise
+    partition = ModelWrapper(str(build_dir / steps.PARTITION_HDL))
+    finn_env.prune_generated_code(build_dir, finn_env.codegen_dirs(final) | finn_env.codegen_dirs(partition))
+    _write_report(build_dir, {
+        **report,
+        "status": "no_vivado" if missing else "complete",
+        "build_seconds": round(time.perf_counter() - start, 2),
+        "steps": runner.records,
+        **_results(build_dir),
     })
     if missing:
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"

@@ -103,7 +103,7 @@ class StepRunner:
         old = self._manifest()
         console = sys.stderr
         key = self.base_key
-        done: list[dict] = []
+        done = self.records = []
         bar = tqdm(total=len(steps), desc="agq build", unit="step", file=console, disable=not self.progress,
                    leave=False)
         for i, (step, name) in enumerate(zip(steps, names, strict=True)):
@@ -123,7 +123,6 @@ class StepRunner:
         bar.close()
         if skip == len(steps):
             model = cached
-        self.records = done
         return model
 
     def _run_one(self, step: Step, name: str, index: int, model: ModelWrapper, key: str) -> dict:

@@ -136,6 +136,7 @@ def test_report_holds_estimates_within_the_board(default_build):
     assert est["latency_ms"] == pytest.approx(est["critical_path_cycles"] * 1e-5)
     assert all(0 < share <= 0.8 for share in est["board_share"].values())
     assert report["board"]["part"] == "xc7z020clg400-1"
+    assert report["status"] == "no_vivado"
     names = [s["name"] for s in report["steps"]]
     assert names[:3] == ["step_qonnx_to_finn", "step_tidy_up", "step_streamline"]
 
@@ -165,6 +166,9 @@ def test_float_operation_in_partition_fails_the_certificate(tmp_path):
     assert "ElementwiseAdd" in str(err.value) and "FLOAT32" in str(err.value)
     cert = json.loads((tmp_path / "Pynq-Z2" / "report" / "integer_certificate.json").read_text())
     assert cert["integer_only"] is False
+    report = json.loads((tmp_path / "Pynq-Z2" / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"] == str(err.value)
+    assert report["steps"][-1]["name"] == "step_create_dataflow_partition"
 
 
 def test_integer_annotated_parameter_with_fractions_is_float(default_build):
