@@ -16,7 +16,7 @@ def test_two_gloo_processes_train_and_write_one_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "agq.cli", "train", "--config", "configs/digits_tiny.yaml", "--no-progress",
            "--set", f"train.output_dir={tmp_path}", "--set", "train.pretrain_epochs=1",
-           "--set", "train.epochs=1", "--set", "data.limit_train=640"]
+           "--set", "train.epochs=1", "--set", "ssp.decay_epochs=1", "--set", "data.limit_train=640"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]

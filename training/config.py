@@ -80,7 +80,7 @@ class SSPConfig:
     fragment: Literal["block", "layer"] = "block"
     weights_activations: bool = False
     delta_start: float = 0.5
-    decay_epochs: float = 20.0
+    decay_epochs: float = 4.0
 
     def validate(self) -> None:
         if not 0.0 <= self.delta_start <= 1.0:
@@ -173,6 +173,11 @@ class Config:
             raise AgqError(f"config name={self.name!r}: must be a non-empty file name")
         for part in (self.model, self.ag, self.ssp, self.baseline, self.data, self.train):
             part.validate()
+        if self.ssp.enabled and 0 < self.train.epochs < self.ssp.decay_epochs:
+            raise AgqError(
+                f"config ssp.decay_epochs={self.ssp.decay_epochs} exceeds train.epochs={self.train.epochs}: "
+                "delta would never reach 0 and F would end training partly full precision"
+            )
 
     @property
     def run_dir(self) -> Path:
