@@ -1,18 +1,23 @@
 """The rtlsim report: ``<build>/rtlsim/report.json`` (every number) and ``report.md`` (for people).
 
 They go into a sub-folder because the build folder's own ``report.json`` belongs to ``agq build``.
-Both files are written atomically.
+``hardware_logits.npy`` beside them holds the simulated integer logits (images x classes, int64).
+Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.checkpoint import atomic_write_bytes
 
 FOLDER = "rtlsim"
+LOGITS = "hardware_logits.npy"
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -80,9 +85,12 @@ def markdown(report: dict[str, Any]) -> str:
     return text
 
 
-def write_report(build_dir: Path, report: dict[str, Any]) -> Path:
-    """Write both files; returns the folder."""
+def write_report(build_dir: Path, report: dict[str, Any], logits: np.ndarray) -> Path:
+    """Write the report files and the hardware's integer logits; returns the folder."""
     folder = Path(build_dir) / FOLDER
+    buffer = io.BytesIO()
+    np.save(buffer, logits)
+    atomic_write_bytes(folder / LOGITS, buffer.getvalue())
     atomic_write_bytes(folder / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     atomic_write_bytes(folder / "report.md", markdown(report).encode())
     return folder

@@ -55,7 +55,8 @@ def simulate(
     ``stall_prob`` is the chance that the testbench holds the output's TREADY low in a cycle (seeded by
     ``seed``). ``jobs`` simulator processes split the images. The report counts images whose integer
     logits are bit-exact against FINN's Python execution and against PyTorch, and gives top-1, cycles,
-    frames/s and the simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``.
+    frames/s and the simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``, the
+    hardware's integer logits to ``<build>/rtlsim/hardware_logits.npy``.
     """
     _validate(images, stall_prob, jobs)
     from qonnx.core.modelwrapper import ModelWrapper
@@ -170,5 +171,5 @@ def simulate(
     }
     report["ok"] = bool(finn_equal.all()) and undiagnosed == 0 and all(d["float_tie"] for d in differences)
     if write:
-        write_report(info.build_dir, report)
+        write_report(info.build_dir, report, hw)
     return report

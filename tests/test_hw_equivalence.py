@@ -1,0 +1,118 @@
+"""The generated hardware computes F bit for bit: a small model is trained, exported and built with agq's
+own stages, FINN's RTL is stitched and simulated cycle by cycle with Verilator, and every image's
+integer logits must equal FINN's Python execution and PyTorch's. Back-pressure must not change a result,
+a stall must stop the run with the stream that moved last, and one flipped weight bit must be caught.
+
+Runs in CI on two cores in a few minutes: digits_tiny trains in seconds, and the compiled simulator is
+cached (~/.cache/agq/rtlsim, or $AGQ_RTLSIM_CACHE) after the first run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from agq.errors import AgqError
+from export.qonnx import export_checkpoint
+from hw.build import build_accelerator
+from hw.rtlsim.report import FOLDER, LOGITS
+from hw.rtlsim.run import simulate
+from training.config import load_config
+from training.loop import train
+
+CONFIG = "configs/digits_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("hw_equivalence")
+    cfg = load_config(CONFIG, [f"train.output_dir={root / 'runs'}"])
+    checkpoint = train(cfg, progress=False)
+    model = export_checkpoint(checkpoint, root / "export")
+    return build_accelerator(model, allow_missing_vivado=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def baseline(build_dir):
+    report = simulate(build_dir, images=1000, progress=False)  # the whole digits test split (360)
+    return report, np.load(build_dir / FOLDER / LOGITS)
+
+
+def assert_bit_exact(report: dict) -> None:
+    """Every image equals FINN; it equals PyTorch except where a float tie is shown with both values."""
+    n, exact = report["images"], report["bit_exact"]
+    assert exact["finn_python"] == n, f"differs from FINN's Python execution: {exact}"
+    for diff in exact["differences"]:
+        print(f"image {diff['image']}: hardware {diff['hardware']} vs PyTorch {diff['pytorch']}: "
+              f"{diff['cause']}")
+        assert diff["float_tie"], f"image {diff['image']} differs from PyTorch and it is no float tie"
+    assert exact["undiagnosed_differences"] == 0
+    assert exact["pytorch"] + exact["pytorch_float_ties"] == n
+    assert report["ok"]
+
+
+def test_rtl_equals_finn_and_pytorch_on_every_image(build_dir, baseline):
+    report, logits = baseline
+    assert report["images"] == 360
+    assert logits.shape == (360, 10) and logits.dtype == np.int64
+    assert len(np.unique(logits, axis=0)) > 300, "the logits must depend on the image"
+    assert_bit_exact(report)
+    cycles = report["cycles"]
+    assert 0 < cycles["first_output"] <= cycles["first_image"] and cycles["steady_state_per_image"] > 0
+    assert (build_dir / FOLDER / "report.md").read_text().count("bit-exact") >= 2
+
+
+@pytest.mark.parametrize("stall_prob", [0.5, 0.999])
+def test_output_stalls_leave_every_result_unchanged(build_dir, baseline, stall_prob):
+    reference, logits = baseline
+    report = simulate(build_dir, images=40, stall_prob=stall_prob, seed=7, jobs=2, progress=False)
+    assert_bit_exact(report)
+    assert np.array_equal(np.load(build_dir / FOLDER / LOGITS), logits[:40])
+    if stall_prob > 0.99:  # ten output words take ~10,000 cycles: back-pressure slows the whole pipeline
+        slowed = report["cycles"]["steady_state_per_image"]
+        assert slowed > 1.5 * reference["cycles"]["steady_state_per_image"]
+
+
+def test_stall_watchdog_names_the_last_stream(build_dir):
+    from hw import finn_env
+    from hw.rtlsim.build_info import read_build
+    from hw.rtlsim.drive import ChunkedRun
+    from hw.rtlsim.references import partition_inputs
+    from hw.rtlsim.stitch import stitch
+    from hw.rtlsim.verilator import compile_design
+    from training.data import test_images
+
+    info = read_build(build_dir)
+    finn_env.use_build_dir(build_dir)
+    design = stitch(ModelWrapper(str(info.partition)))
+    images, _ = test_images(load_config(CONFIG).data, 4)
+    run = ChunkedRun(compile_design(design), design, partition_inputs(info.parent, images),
+                     stall_prob=0.99999, seed=0, jobs=1, watchdog=2000, max_cycles_per_image=10**7)
+    stalled = r"no AXI stream moved for 2000 cycles.*last stream that moved: \S+"
+    with run, pytest.raises(AgqError, match=stalled):
+        run.start()
+        run.wait()
+
+
+def test_one_flipped_weight_bit_is_caught(build_dir):
+    partition = ModelWrapper(str(build_dir / "partition_hdl.onnx"))
+    stem = next(n for n in partition.graph.node if n.op_type.startswith("MVAU"))
+    memory = Path(getCustomOp(stem).get_nodeattr("code_gen_dir_ipgen")) / "memblock.dat"
+    original = memory.read_text()
+    first = original.splitlines()[0]
+    flipped = format(int(first[0], 16) ^ 0x8, "x") + first[1:]  # the top bit of the first weight word
+    memory.write_text(original.replace(first, flipped, 1))
+    try:
+        report = simulate(build_dir, images=20, progress=False)
+    finally:
+        memory.write_text(original)
+    exact = report["bit_exact"]
+    assert not report["ok"]
+    assert exact["finn_python"] < 20 and exact["pytorch"] < 20
+    assert exact["differences"] and not any(d["float_tie"] for d in exact["differences"])
