@@ -1,0 +1,218 @@
+"""Run the accuracy benchmark: every row x seed, resumably, each finished run saved as one JSON record.
+
+Sharing pre-training: full-precision pre-training trains F alone and reads only the model, data and
+``train.pretrain_*``/``seed`` keys, so every row of one (arch, seed) would pre-train identically. It runs
+once per (arch, seed) as its own run (``train.epochs = 0``); each row then starts from a copy of that
+run's ``last.pt`` (whole trainer state: weights, RNG, history) relabelled with the row's config, and
+``training.loop.train(resume=True)`` continues straight into fine-tuning. The loop's exact resume makes
+this bit-identical to the row pre-training itself; :func:`_check_shareable` refuses any config difference
+that pre-training would read.
+
+Workers: ``workers`` child processes (one torch thread each) walk the same ordered job list and claim a
+job by creating its claim file exclusively; a finished job is a record file, so a restarted benchmark
+skips it and an interrupted fine-tuning run resumes from its own ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agq.errors import AgqError
+from bench.rows import PRETRAIN, ROWS, Row, row
+
+BASE_CONFIG = Path("configs/bench/mnist_deep.yaml")
+# config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
+# (bit widths included: pre-training runs with every quantizer disabled)
+SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "train.lr_milestones",
+             "train.lr_gamma", "model.weight_bits", "model.act_bits")
+ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "baseline.kd": False,
+            "baseline.aux_losses": False}
+OWNER = ".owner"  # in the claims folder: pid of the running benchmark
+SSP_DECAY_FRACTION = 20 / 35  # the paper: delta reaches 0 at epoch 20 of 35
+QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2",
+         "train.output_dir=runs/bench_quick"]
+
+
+@dataclass(frozen=True)
+class Job:
+    row: str  # a row name, or PRETRAIN
+    seed: int
+    arch: str = "plain"
+
+    @property
+    def key(self) -> str:
+        return f"{PRETRAIN}_{self.arch}_s{self.seed}" if self.row == PRETRAIN else f"{self.row}_s{self.seed}"
+
+
+def jobs(seeds: int, ablation_seeds: int, rows: list[str] | None = None) -> list[Job]:
+    """Pre-training first, then the whole main table for seed 0, then the rows that carry the claim
+    (``Row.core``) for the other seeds, then the other main rows, then the ablations: a benchmark cut
+    short still holds a whole table and as many seeds as possible of the rows that matter most."""
+    chosen = [row(name) for name in rows] if rows else list(ROWS)
+    runs = [r for r in chosen if r.name != "fp"]
+    archs = sorted({r.arch for r in chosen})
+    out = [Job(PRETRAIN, s, arch) for s in range(max(seeds, ablation_seeds)) for arch in archs]
+    out += [Job(r.name, 0) for r in runs if r.group == "main" and seeds]
+    for core in (True, False):
+        out += [Job(r.name, s) for s in range(1, seeds) for r in runs if r.group == "main" and r.core == core]
+    out += [Job(r.name, s) for s in range(ablation_seeds) for r in runs if r.group == "ablation"]
+    return out
+
+
+def row_overrides(r: Row, seed: int, base: dict[str, Any]) -> list[str]:
+    """``--set`` assignments turning the base config into row ``r`` with ``seed``; every switch a row may
+    turn on is set explicitly, so any base config (e.g. one with AG on) serves."""
+    epochs = base["train"]["epochs"] * r.epoch_factor
+    sets = {**ROW_BASE, **r.overrides, "name": f"{r.name}_s{seed}", "train.seed": seed,
+            "train.epochs": epochs, "ssp.decay_epochs": round(SSP_DECAY_FRACTION * epochs, 4)}
+    return [f"{k}={json.dumps(v)}" for k, v in sets.items()]
+
+
+def training_code_hash() -> str:
+    """One hash of training/*.py as on disk when a record is written: records of different code differ."""
+    import hashlib
+
+    import training
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(training.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
+    from training.config import config_from_dict
+
+    # through today's dataclasses, so that a key added since the pre-training counts with its default
+    a, b = _flat(config_from_dict(pretrained).to_dict()), _flat(cfg)
+    bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(SHAREABLE)]
+    if bad:
+        raise AgqError(f"cannot share pre-training: config key {bad[0]} differs")
+
+
+class Runner:
+    """Runs jobs of one benchmark (base config + extra overrides) into ``records`` (one JSON per job)."""
+
+    def __init__(self, records: Path, extra: list[str], base: Path = BASE_CONFIG) -> None:
+        from training.config import load_config
+
+        self.records, self.extra, self.base_path = records, extra, base
+        self.base = load_config(base, extra)
+        self.claims = Path(self.base.train.output_dir) / "claims"
+
+    def config(self, job: Job) -> Any:
+        from training.config import load_config
+
+        base = self.base.to_dict()
+        if job.row == PRETRAIN:
+            sets = [f"name={job.key}", f"model.arch={job.arch}", f"train.seed={job.seed}", "train.epochs=0"]
+        else:
+            sets = row_overrides(row(job.row), job.seed, base)
+        return load_config(self.base_path, [*self.extra, *sets])
+
+    def record_path(self, job: Job) -> Path:
+        return self.records / f"{job.key}.json"
+
+    def done(self, job: Job) -> bool:
+        if job.row == PRETRAIN:  # rows need its trainer state as well as its record
+            return self.record_path(job).is_file() and (self.config(job).run_dir / "last.pt").is_file()
+        return self.record_path(job).is_file()
+
+    def claim(self, job: Job) -> bool:
+        self.claims.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.claims / job.key, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def run(self, job: Job) -> dict[str, Any]:
+        from training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+        from training.loop import train
+
+        cfg = self.config(job)
+        begin = time.perf_counter()
+        if job.row == PRETRAIN:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            train(cfg, progress=False)
+        else:
+            pre = Job(PRETRAIN, job.seed, row(job.row).arch)
+            while not self.done(pre):  # another worker is pre-training it
+                time.sleep(5)
+            last = cfg.run_dir / "last.pt"
+            own = last.is_file() and load_checkpoint(last)["config"] == cfg.to_dict()
+            if not own:  # start from the shared pre-training (see the module docstring)
+                payload = load_checkpoint(self.config(pre).run_dir / "last.pt")
+                _check_shareable(payload["config"], cfg.to_dict())
+                payload["config"] = cfg.to_dict()
+                save_checkpoint(last, payload)
+            train(cfg, resume=True, progress=False)
+        history = json.loads((cfg.run_dir / "metrics.json").read_text())
+        final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
+        record = {"row": job.row, "arch": cfg.model.arch, "seed": job.seed, "config": cfg.to_dict(),
+                  "history": history, "final": final, "wall_s": round(time.perf_counter() - begin, 1),
+                  "training_code_sha256": training_code_hash()}
+        atomic_write_bytes(self.record_path(job), (json.dumps(record, indent=1) + "\n").encode())
+        return record
+
+
+def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Path) -> None:
+    """One worker: take every unfinished, unclaimed job in order."""
+    import torch
+
+    torch.set_num_threads(1)
+    runner = Runner(records, extra, base)
+    for job in todo:
+        if runner.done(job) or not runner.claim(job):
+            continue
+        record = runner.run(job)
+        top1 = record["final"].get("test_F_top1", float("nan"))
+        print(f"[worker {worker}] {job.key}: test top-1 {top1:.2f} % ({record['wall_s']:.0f} s)", flush=True)
+
+
+def _refuse_second_benchmark(owner: Path) -> None:
+    """Clearing the claims of a benchmark that is still running would let two workers train one run."""
+    import psutil
+
+    if owner.is_file() and psutil.pid_exists(int(owner.read_text() or 0)):
+        raise AgqError(f"another agq bench is running on {owner.parent.parent} (pid {owner.read_text()}); "
+                       "wait for it or stop it first")
+
+
+def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base: Path = BASE_CONFIG) -> None:
+    """Start ``workers`` worker processes on ``todo`` and wait for them (stale claims are cleared first)."""
+    records.mkdir(parents=True, exist_ok=True)
+    claims = Runner(records, extra, base).claims
+    _refuse_second_benchmark(claims / OWNER)
+    shutil.rmtree(claims, ignore_errors=True)
+    claims.mkdir(parents=True)
+    (claims / OWNER).write_text(str(os.getpid()))
+    spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),
+                       "todo": [[j.row, j.seed, j.arch] for j in todo]})
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.accuracy", spec, str(w)], env=env)
+             for w in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise AgqError(f"benchmark worker failed (exit codes {codes})")
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    work(Path(spec["records"]), spec["extra"], [Job(*j) for j in spec["todo"]], int(sys.argv[2]),
+         Path(spec["base"]))

@@ -1,0 +1,75 @@
+"""``agq bench [--only accuracy|cost|hw] [--seeds N] [--quick] [--from-runs DIR]``: the benchmark.
+
+accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
+hw: FINN estimates and RTL-simulation cycles of the default model. Results: bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PARTS = ("accuracy", "cost", "hw")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
+                            description=__doc__)
+    parser.add_argument("--only", choices=PARTS, help="run one part (default: all three)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main table (default 3)")
+    parser.add_argument("--ablation-seeds", type=int, default=1,
+                        help="seeds of the ablation rows (default 1)")
+    parser.add_argument("--rows", help="comma-separated subset of rows (default: all; see bench/rows.py)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes at a time (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1,000 images, 1+2 epochs, 1 seed, results in bench/results/quick")
+    parser.add_argument("--from-runs", type=Path, metavar="DIR",
+                        help="only tabulate the `agq train` run folders under DIR (e.g. GPU CIFAR-100 runs)")
+    parser.add_argument("--config", type=Path, help="base config of the accuracy rows (default "
+                        "configs/bench/mnist_deep.yaml; e.g. configs/cifar100_resnet18_plain.yaml on a GPU)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost part")
+    parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per method and round")
+    parser.add_argument("--cost-batch", type=int, default=64, help="batch of the cost part (default 64)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agq.errors import AgqError
+    from bench import accuracy, report
+    from bench.rows import row
+
+    counts = (args.seeds, args.workers, args.cost_rounds, args.cost_steps, args.cost_batch)
+    if min(counts) < 1 or args.ablation_seeds < 0:
+        raise AgqError("--seeds/--workers/--cost-* must be >= 1 and --ablation-seeds >= 0")
+    rows = args.rows.split(",") if args.rows else None
+    for name in rows or []:
+        row(name)  # an unknown row stops here, before anything runs
+    if args.from_runs is not None:
+        from bench.fill_table import records_from_runs
+
+        out = args.out or args.from_runs
+        out.mkdir(parents=True, exist_ok=True)
+        md = report.write_accuracy(records_from_runs(args.from_runs), out, f"runs under {args.from_runs}")
+        (out / "README.md").write_text(md)
+        print(md)
+        return 0
+    out = args.out or Path("bench/results/quick" if args.quick else "bench/results")
+    records = out / "runs"
+    parts = [args.only] if args.only else list(PARTS)
+    if "accuracy" in parts:
+        extra = accuracy.QUICK if args.quick else []
+        seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
+        accuracy.run_all(records, extra, accuracy.jobs(seeds, ablation, rows), args.workers,
+                         args.config or accuracy.BASE_CONFIG)
+    if "cost" in parts:
+        from bench.cost import run_cost
+
+        steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
+        run_cost(args.cost_batch, steps, rounds, out / "cost.json")
+    if "hw" in parts:
+        report.write_hardware(out, build_missing=not args.quick)
+    path = report.write_readme(out, records)
+    print(path.read_text())
+    print(f"agq bench: wrote {path}")
+    return 0

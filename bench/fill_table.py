@@ -1,0 +1,65 @@
+"""Records from a user's own ``agq train`` run folders (e.g. the CIFAR-100 configs on a GPU).
+
+Each folder under DIR that holds ``metrics.json`` and a checkpoint (``checkpoint.pt`` or ``last.pt``)
+becomes one record. Its table row is read from its config: architecture, AG, SSP and baseline switches;
+a plain run with more fine-tuning epochs than the others is the compute-matched row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agq.errors import AgqError
+from bench.rows import ROWS, Row
+
+
+def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells the rows apart, from a config dict (settings of switched-off parts do not count)."""
+    ag, ssp, base = cfg["ag"], cfg["ssp"], cfg["baseline"]
+    return (cfg["model"]["arch"], cfg["model"]["weight_bits"], cfg["model"]["act_bits"],
+            ag["granularity"] if ag["enabled"] else None,
+            (ssp["fragment"], ssp["weights_activations"]) if ssp["enabled"] else None,
+            base["kd"], base["aux_losses"])
+
+
+def _row_signature(r: Row) -> tuple[Any, ...]:
+    from training.config import Config
+
+    cfg = Config().to_dict()  # a fresh deep copy
+    cfg["ag"]["enabled"] = cfg["ssp"]["enabled"] = False  # the base of every row: plain, nothing added
+    for key, value in r.overrides.items():
+        section, leaf = key.split(".")
+        cfg[section][leaf] = value
+    return signature(cfg)
+
+
+def row_of(cfg: dict[str, Any], base_epochs: int) -> str:
+    """The row a run belongs to; runs that fit no row are an error naming the differing switches."""
+    factor = cfg["train"]["epochs"] // base_epochs if base_epochs else 1
+    sig = signature(cfg)
+    for r in ROWS:
+        if r.name != "fp" and _row_signature(r) == sig and r.epoch_factor == factor:
+            return r.name
+    raise AgqError(f"run {cfg['name']!r} fits no benchmark row (arch/AG/SSP/baseline = {sig}, "
+                   f"{cfg['train']['epochs']} fine-tuning epochs vs {base_epochs})")
+
+
+def records_from_runs(folder: Path) -> list[dict[str, Any]]:
+    """One record per run folder under ``folder`` (see the module docstring)."""
+    from training.checkpoint import load_checkpoint
+
+    runs = []
+    for metrics in sorted(folder.glob("*/metrics.json")):
+        candidates = (metrics.parent / "checkpoint.pt", metrics.parent / "last.pt")
+        ckpt = next((p for p in candidates if p.is_file()), None)
+        if ckpt is None:
+            raise AgqError(f"run folder {metrics.parent} has metrics.json but no checkpoint.pt or last.pt")
+        runs.append((load_checkpoint(ckpt)["config"], json.loads(metrics.read_text())))
+    if not runs:
+        raise AgqError(f"no run folders with metrics.json under {folder}")
+    base_epochs = min(cfg["train"]["epochs"] for cfg, _ in runs if cfg["train"]["epochs"]) if any(
+        cfg["train"]["epochs"] for cfg, _ in runs) else 0
+    return [{"row": row_of(cfg, base_epochs), "arch": cfg["model"]["arch"], "seed": cfg["train"]["seed"],
+             "config": cfg, "history": history} for cfg, history in runs if cfg["train"]["epochs"]]

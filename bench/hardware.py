@@ -1,0 +1,75 @@
+"""Hardware figures of the deployed default model: FINN's estimates on Pynq-Z2 and simulated cycles.
+
+Read from what ``make build`` and ``make rtlsim`` leave behind (build/<name>/<board>/report.json and
+bench/results/rtlsim_mnist.json, written by bench.rtlsim_mnist). When the build report is missing but the
+exported model exists, the build is run (``allow_missing_vivado``), and with a build but no simulation
+result bench.rtlsim_mnist runs; training and export are not started from here - the section then says
+which make targets produce them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "mnist_plain_ag_ssp"
+BOARD = "Pynq-Z2"
+RTLSIM_RESULT = Path("bench/results/rtlsim_mnist.json")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: str = BOARD,
+            build_missing: bool = True) -> dict[str, Any]:
+    """Estimates (LUT/BRAM/DSP, frames/s) and simulated cycles per image, whichever exist."""
+    build_dir = build_root / name / board
+    report = _read(build_dir / "report.json")
+    model = build_root / name / "model.onnx"
+    if report is None and build_missing and model.is_file():
+        from hw.build import build_accelerator
+
+        build_accelerator(model, board, build_dir, allow_missing_vivado=True)
+        report = _read(build_dir / "report.json")
+    out: dict[str, Any] = {"model": name, "board": board, "build_report": str(build_dir / "report.json")}
+    if report is None:
+        out["missing"] = (f"no {build_dir}/report.json and no {model}: run `make train export build` "
+                          f"(CONFIG=configs/{name}.yaml) first")
+    else:
+        est = report["estimates"]
+        out["estimates"] = {"LUT": est["total"]["LUT"], "BRAM_18K": est["total"]["BRAM_18K"],
+                            "DSP": est["total"]["DSP"], "fps": est["fps"], "clock_mhz": est["clock_mhz"],
+                            "max_cycles": est["max_cycles"], "bottleneck": est["bottleneck"],
+                            "latency_ms": est["latency_ms"], "board_share": est["board_share"]}
+    rtlsim = _read(RTLSIM_RESULT)
+    if rtlsim is None and report is not None and build_missing:  # the RTL-simulation engineer's benchmark
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "bench.rtlsim_mnist", "--build", str(build_dir)], check=False)
+        rtlsim = _read(RTLSIM_RESULT)
+    if rtlsim is not None:
+        out["rtlsim"] = rtlsim
+    return out
+
+
+def markdown(hw: dict[str, Any]) -> str:
+    lines = [f"## Hardware: {hw['model']} on {hw['board']}", ""]
+    if "estimates" in hw:
+        e = hw["estimates"]
+        lines += ["FINN estimates (no Vivado synthesis here):", "",
+                  "| LUT | BRAM18 | DSP | frames/s | clock MHz | cycles/frame (slowest layer) | latency ms |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {e['LUT']:.0f} | {e['BRAM_18K']:.0f} | {e['DSP']:.0f} | {e['fps']:.0f} | "
+                  f"{e['clock_mhz']:.0f} | {e['max_cycles']} ({e['bottleneck']}) | {e['latency_ms']:.3f} |"]
+    else:
+        lines.append(hw["missing"])
+    rtlsim = hw.get("rtlsim")
+    if rtlsim is not None:
+        shown = {k: v for k, v in rtlsim.items() if "cycle" in k and isinstance(v, int | float)}
+        lines += ["", "RTL simulation (Verilator): " + ", ".join(f"{k} = {v}" for k, v in shown.items())]
+    else:
+        lines += ["", f"No RTL simulation result ({RTLSIM_RESULT}); `make rtlsim` produces the cycle count."]
+    return "\n".join(lines) + "\n"

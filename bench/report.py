@@ -1,0 +1,84 @@
+"""Write the benchmark's results folder: accuracy.json, fig3.png, cost.png and README.md.
+
+README.md is rebuilt from whatever results exist (run records, cost.json, hardware.json), so running one
+part of the benchmark never drops another part's section.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import cost, hardware, table
+from training.checkpoint import atomic_write_bytes
+
+TITLE = "2-bit CNN on MNIST (configs/bench/mnist_deep.yaml), test top-1 of the deployed network F"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE) -> str:
+    """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
+    stats = table.summary(records)
+    gaps = {m: table.gap_recovered(stats, m) for m in ("plain_ag", "plain_ag_ssp", "plain_kd", "plain_aux",
+                                                       "plain_2x")}
+    _write_json(out / "accuracy.json", {"title": title, "rows": stats, "gap_closed": gaps,
+                                        "curves": table.curves(records)})
+    png = table.fig3_png(records)
+    if png is not None:
+        atomic_write_bytes(out / "fig3.png", png)
+    return table.markdown(stats, title)
+
+
+def cost_png(report: dict[str, Any]) -> bytes:
+    """Bars: time and memory per step of every method, relative to plain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    names = list(report["methods"])
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.subplots()
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [report["methods"][n]["time_ratio"] for n in names], 0.4,
+           label="time / step")
+    ax.bar([x + 0.2 for x in xs], [report["methods"][n]["memory_ratio"] for n in names], 0.4,
+           label="step memory")
+    ax.axhline(1.0, color="0.5", lw=0.8)
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set(ylabel="x plain", title=f"cost of one fine-tuning step (batch {report['batch']})")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def write_readme(out: Path, records_dir: Path) -> Path:
+    """README.md from every result present in ``out``."""
+    parts = ["# agq benchmark results", "",
+             "Written by `agq bench` (bench/); every number below comes from the files in this folder."]
+    records = table.load_records(records_dir) if records_dir.is_dir() else []
+    if records:
+        parts += ["", write_accuracy(records, out), "![test accuracy per epoch](fig3.png)"]
+    cost_json = out / "cost.json"
+    if cost_json.is_file():
+        report = json.loads(cost_json.read_text())
+        atomic_write_bytes(out / "cost.png", cost_png(report))
+        parts += ["", cost.markdown(report), "![cost per step](cost.png)"]
+    hw_json = out / "hardware.json"
+    if hw_json.is_file():
+        parts += ["", hardware.markdown(json.loads(hw_json.read_text()))]
+    path = out / "README.md"
+    atomic_write_bytes(path, ("\n".join(parts) + "\n").encode())
+    return path
+
+
+def write_hardware(out: Path, build_missing: bool) -> dict[str, Any]:
+    hw = hardware.collect(build_missing=build_missing)
+    _write_json(out / "hardware.json", hw)
+    return hw

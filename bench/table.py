@@ -1,0 +1,157 @@
+"""Turn run records into the accuracy tables (mean and standard deviation over seeds) and Fig. 3.
+
+A record is one finished run: ``{"row", "arch", "seed", "config", "history": [per-epoch rows]}`` as
+written by bench.accuracy (or built from a user's run folders by bench.fill_table). Only numbers found
+in records enter the tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from agq.errors import AgqError
+from bench.rows import ABLATIONS, BY_NAME, PRETRAIN, ROWS
+
+METRIC = "test_F_top1"
+FIG3_ROWS = ("plain", "plain_ag", "plain_ag_ssp")
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` record in ``folder``; a file that is not a record is an error naming it."""
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise AgqError(f"run record {path} is not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or not {"row", "seed", "history"} <= set(record):
+            raise AgqError(f"run record {path}: needs the keys row, seed and history")
+        records.append(record)
+    return records
+
+
+def final_value(record: dict[str, Any], phase: str = "finetune", metric: str = METRIC) -> float | None:
+    """``metric`` after the last epoch of ``phase`` (None when the run has no such epoch)."""
+    values = [h[metric] for h in record["history"] if h.get("phase") == phase and h.get(metric) is not None]
+    return values[-1] if values else None
+
+
+def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[int, float]]:
+    """{row: {seed: final fine-tuned value}}; the ``fp`` row is the plain network after pre-training."""
+    table: dict[str, dict[int, float]] = {}
+    for record in records:
+        name, seed = record["row"], int(record["seed"])
+        if name != PRETRAIN:
+            if name not in BY_NAME:
+                raise AgqError(f"run record of unknown row {name!r} (known: {', '.join(BY_NAME)})")
+            value = final_value(record, "finetune", metric)
+            if value is not None:
+                table.setdefault(name, {})[seed] = value
+        if record.get("arch", "plain") == "plain" and metric.startswith("test_F"):
+            value = final_value(record, "pretrain", metric)
+            if value is not None:
+                table.setdefault("fp", {}).setdefault(seed, value)
+    return table
+
+
+def summarize(values: dict[int, float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; None for a single seed) over seeds."""
+    xs = [values[s] for s in sorted(values)]
+    return {"n": len(xs), "mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
+            "seeds": sorted(values), "values": xs}
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per row: F's top-1 and top-5 (and H's top-1 where AG ran) summarised over seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in ("test_F_top1", "test_F_top5", "test_H_top1"):
+        for name, values in per_seed(records, metric).items():
+            out.setdefault(name, {})[metric] = summarize(values)
+    return out
+
+
+def gap_recovered(stats: dict[str, dict[str, Any]], method: str) -> float | None:
+    """Share of the plain-to-residual gap that ``method`` closes: (method - plain) / (residual - plain)."""
+    try:
+        plain, residual, other = (stats[n][METRIC]["mean"] for n in ("plain", "residual", method))
+    except KeyError:
+        return None
+    return None if residual == plain else (other - plain) / (residual - plain)
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    std = "" if entry["std"] is None else f" ± {entry['std']:.2f}"
+    return f"{entry['mean']:.2f}{std}"
+
+
+def markdown(stats: dict[str, dict[str, Any]], title: str) -> str:
+    """The main table (paper's Table 6 layout) and the two ablation tables."""
+    lines = [f"## {title}", "", "| method | top-1 % (F) | top-5 % (F) | top-1 % (H) | seeds |",
+             "|---|---|---|---|---|"]
+    for row in ROWS:
+        if row.group == "main" and row.name in stats:
+            s = stats[row.name]
+            lines.append(f"| {row.label} | {_cell(s.get('test_F_top1'))} | {_cell(s.get('test_F_top5'))} | "
+                         f"{_cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
+    for method in ("plain_ag", "plain_ag_ssp", "plain_kd", "plain_aux", "plain_2x"):
+        share = gap_recovered(stats, method)
+        if share is not None:
+            lines.append(f"\nShare of the plain-to-residual gap closed by {BY_NAME[method].label}: "
+                         f"{100 * share:.0f} %")
+    for title_, entries in ABLATIONS:
+        present = [(n, label) for n, label in entries if n in stats]
+        if present:
+            lines += ["", f"### {title_}", "", "| variant | top-1 % (F) | seeds |", "|---|---|---|"]
+            lines += [f"| {label} | {_cell(stats[n]['test_F_top1'])} | {stats[n]['test_F_top1']['n']} |"
+                      for n, label in present]
+    lines.append("\nMean ± sample standard deviation over seeds (n - 1 in the denominator).")
+    return "\n".join(lines) + "\n"
+
+
+Curves = dict[str, dict[int, list[float]]]
+
+
+def curves(records: list[dict[str, Any]], rows: tuple[str, ...] = FIG3_ROWS) -> Curves:
+    """{row: {global epoch: [test top-1 of every seed]}} over the fine-tuning epochs."""
+    out: Curves = {}
+    for record in records:
+        if record["row"] in rows:
+            for h in record["history"]:
+                if h.get("phase") == "finetune" and h.get(METRIC) is not None:
+                    out.setdefault(record["row"], {}).setdefault(int(h["epoch"]), []).append(h[METRIC])
+    return out
+
+
+def fig3_png(records: list[dict[str, Any]]) -> bytes | None:
+    """Test top-1 per fine-tuning epoch, mean over seeds with a ±1 std band (the paper's Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    data = curves(records)
+    if not data:
+        return None
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for name in FIG3_ROWS:
+        if name in data:
+            epochs = sorted(data[name])
+            stats = [summarize(dict(enumerate(data[name][e]))) for e in epochs]
+            mean = [s["mean"] for s in stats]
+            std = [s["std"] or 0.0 for s in stats]
+            ax.plot(epochs, mean, marker="o", label=BY_NAME[name].label)
+            ax.fill_between(epochs, [m - d for m, d in zip(mean, std, strict=True)],
+                            [m + d for m, d in zip(mean, std, strict=True)], alpha=0.2)
+    ax.set(xlabel="fine-tuning epoch", ylabel="test top-1 % (F)",
+           title="2-bit plain network (cf. paper Fig. 3)")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
