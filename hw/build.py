@@ -94,6 +94,7 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
             DataflowOutputType.DEPLOYMENT_PACKAGE,
         ],
         max_utilization=hw_cfg.max_utilization,
+        fifo_depth=hw_cfg.fifo_depth,
     )
 
 

@@ -33,9 +33,11 @@ ESTIMATES = "agq_estimates.json"
 
 @dataclass
 class AgqBuildConfig(DataflowBuildConfig):
-    """FINN's build config plus agq's budget: the largest share of any board resource to use."""
+    """FINN's build config plus agq's budget (largest share of any board resource to use) and the depth
+    of the FIFOs between layers of the simulation partition."""
 
     max_utilization: float = 0.8
+    fifo_depth: int = 32
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -99,13 +101,19 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mode
     """Write the stitchable all-RTL partition ``partition_hdl.onnx`` and its ``parent.onnx``.
 
     FINN's step_set_fifo_depths with the force_minimal_fifos strategy (no simulation, so no Vivado)
-    adds the width converters and minimal-depth FIFOs, specialises them and generates their HDL, so a
-    simulator can stitch the partition. The model passed on is the unchanged input, from which the
-    Vivado steps insert their own FIFOs, sized by FINN's XSim-based simulation.
+    adds the width converters and FIFOs, specialises them and generates their HDL, so a simulator can
+    stitch the partition. The FIFOs get the layers' own depth requests, at least ``cfg.fifo_depth``.
+    The model passed on is the unchanged input, from which the Vivado steps insert their own FIFOs,
+    sized by FINN's XSim-based simulation.
     """
     minimal = dataclasses.replace(cfg, auto_fifo_depths=True,
                                   auto_fifo_strategy=AutoFIFOSizingMethod.FORCE_MINIMAL_FIFOS)
-    hdl = finn.step_set_fifo_depths(copy.deepcopy(model), minimal)
+    hdl = copy.deepcopy(model)
+    for node in hdl.graph.node:
+        inst = getCustomOp(node)
+        for attr in ("inFIFODepths", "outFIFODepths"):
+            inst.set_nodeattr(attr, [max(d, cfg.fifo_depth) for d in inst.get_nodeattr(attr)])
+    hdl = finn.step_set_fifo_depths(hdl, minimal)
     require_all_rtl(hdl, cfg._resolve_fpga_part())
     out = Path(cfg.output_dir)
     _save_model(hdl, out / PARTITION_HDL)

@@ -101,6 +101,8 @@ def test_default_model_builds_to_an_all_rtl_partition_with_hdl(default_model, de
     sdp = [n for n in parent.graph.node if n.op_type == "StreamingDataflowPartition"]
     assert len(sdp) == 1
     assert getCustomOp(sdp[0]).get_nodeattr("model") == str(build_dir / "partition_hdl.onnx")
+    fifos = json.loads((build_dir / "report" / "fifo_sizing.json").read_text())["fifo_depths"]
+    assert len(fifos) == ops.count("StreamingFIFO_rtl") and set(fifos.values()) == {HwConfig().fifo_depth}
     assert (build_dir / "build.log").read_text().count("step_streamline") >= 1
     assert sorted(p.name for p in (build_dir / "intermediate_models").glob("*.onnx"))
 
