@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost part")
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per method and round")
     parser.add_argument("--cost-batch", type=int, default=64, help="batch of the cost part (default 64)")
+    parser.add_argument("--hw-model", default="mnist_plain_ag_ssp",
+                        help="model whose build/<name>/Pynq-Z2 the hw part reads (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from agq.errors import AgqError
     from bench import accuracy, report
     from bench.rows import row
+    from training.checkpoint import atomic_write_bytes
 
     counts = (args.seeds, args.workers, args.cost_rounds, args.cost_steps, args.cost_batch)
     if min(counts) < 1 or args.ablation_seeds < 0:
@@ -51,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or args.from_runs
         out.mkdir(parents=True, exist_ok=True)
         md = report.write_accuracy(records_from_runs(args.from_runs), out, f"runs under {args.from_runs}")
-        (out / "README.md").write_text(md)
+        atomic_write_bytes(out / "README.md", md.encode())
         print(md)
         return 0
-    out = args.out or Path("bench/results/quick" if args.quick else "bench/results")
+    # another base config gets its own folder, so that its records never mix with the MNIST ones
+    default = Path("bench/results") / ("quick" if args.quick else args.config.stem if args.config else "")
+    out = args.out or default
     records = out / "runs"
     parts = [args.only] if args.only else list(PARTS)
     if "accuracy" in parts:
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
     if "hw" in parts:
-        report.write_hardware(out, build_missing=not args.quick)
+        report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records)
     print(path.read_text())
     print(f"agq bench: wrote {path}")

@@ -23,15 +23,15 @@ def _write_json(path: Path, data: Any) -> None:
 
 def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE) -> str:
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
-    stats = table.summary(records)
+    stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(stats, m) for m in ("plain_ag", "plain_ag_ssp", "plain_kd", "plain_aux",
                                                        "plain_2x")}
-    _write_json(out / "accuracy.json", {"title": title, "rows": stats, "gap_closed": gaps,
+    _write_json(out / "accuracy.json", {"title": title, "rows": stats, "paired": pairs, "gap_closed": gaps,
                                         "curves": table.curves(records)})
     png = table.fig3_png(records)
     if png is not None:
         atomic_write_bytes(out / "fig3.png", png)
-    return table.markdown(stats, title)
+    return table.markdown(stats, title, pairs)
 
 
 def cost_png(report: dict[str, Any]) -> bytes:
@@ -78,7 +78,7 @@ def write_readme(out: Path, records_dir: Path) -> Path:
     return path
 
 
-def write_hardware(out: Path, build_missing: bool) -> dict[str, Any]:
-    hw = hardware.collect(build_missing=build_missing)
+def write_hardware(out: Path, name: str, build_missing: bool) -> dict[str, Any]:
+    hw = hardware.collect(name=name, build_missing=build_missing)
     _write_json(out / "hardware.json", hw)
     return hw

@@ -49,6 +49,7 @@ ROWS: tuple[Row, ...] = (
     Row("plain_kd", "plain + KD", "main", {"baseline.kd": True}),
     Row("plain_aux", "plain + additional losses", "main", {"baseline.aux_losses": True}),
     Row("plain_2x", "plain, 2x fine-tuning epochs (AG's compute)", "main", epoch_factor=2, core=True),
+    Row("plain_ag_2x", "plain + AG, 2x fine-tuning epochs", "main", AG, epoch_factor=2),
     Row("ag_layer", "plain + layerwise AG", "ablation", {**AG, "ag.granularity": "layer"}),
     Row("ssp_layer", "plain + AG + SSP layerdrop", "ablation", {**AG, **SSP, "ssp.fragment": "layer"}),
     Row("ssp_block_wa", "plain + AG + SSP blockdrop W/A", "ablation",

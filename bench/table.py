@@ -74,6 +74,24 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# (a, b): a - b per seed; both runs of a seed start from the same pre-trained weights
+PAIRS = (("residual", "plain"), ("plain_ag", "plain"), ("plain_ag_ssp", "plain"),
+         ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_2x"), ("plain_ag_2x", "plain_2x"),
+         ("residual_ag", "residual"), ("residual_ag_ssp", "residual"), ("plain_kd", "plain"),
+         ("plain_aux", "plain"))
+
+
+def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per pair of rows, the difference of F's final top-1 seed by seed (seeds both rows have)."""
+    values = per_seed(records)
+    out = {}
+    for a, b in PAIRS:
+        seeds = sorted(set(values.get(a, {})) & set(values.get(b, {})))
+        if seeds:
+            out[f"{a} - {b}"] = summarize({s: values[a][s] - values[b][s] for s in seeds})
+    return out
+
+
 def gap_recovered(stats: dict[str, dict[str, Any]], method: str) -> float | None:
     """Share of the plain-to-residual gap that ``method`` closes: (method - plain) / (residual - plain)."""
     try:
@@ -90,8 +108,11 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.2f}{std}"
 
 
-def markdown(stats: dict[str, dict[str, Any]], title: str) -> str:
-    """The main table (paper's Table 6 layout) and the two ablation tables."""
+Stats = dict[str, dict[str, Any]]
+
+
+def markdown(stats: Stats, title: str, pairs: Stats | None = None) -> str:
+    """The main table (paper's Table 6 layout), paired differences and the two ablation tables."""
     lines = [f"## {title}", "", "| method | top-1 % (F) | top-5 % (F) | top-1 % (H) | seeds |",
              "|---|---|---|---|---|"]
     for row in ROWS:
@@ -104,6 +125,11 @@ def markdown(stats: dict[str, dict[str, Any]], title: str) -> str:
         if share is not None:
             lines.append(f"\nShare of the plain-to-residual gap closed by {BY_NAME[method].label}: "
                          f"{100 * share:.0f} %")
+    if pairs:
+        lines += ["", "### Paired differences (same seed, same pre-trained start), top-1 points", "",
+                  "| difference | mean ± std | per seed |", "|---|---|---|"]
+        lines += [f"| {name} | {_cell(p)} | {', '.join(f'{v:+.2f}' for v in p['values'])} |"
+                  for name, p in pairs.items()]
     for title_, entries in ABLATIONS:
         present = [(n, label) for n, label in entries if n in stats]
         if present:
@@ -134,6 +160,7 @@ def fig3_png(records: list[dict[str, Any]]) -> bytes | None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     data = curves(records)
     if not data:
@@ -151,6 +178,7 @@ def fig3_png(records: list[dict[str, Any]]) -> bytes | None:
                             [m + d for m, d in zip(mean, std, strict=True)], alpha=0.2)
     ax.set(xlabel="fine-tuning epoch", ylabel="test top-1 % (F)",
            title="2-bit plain network (cf. paper Fig. 3)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
