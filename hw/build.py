@@ -22,6 +22,7 @@ from agq.errors import AgqError
 from hw import finn_env, vivado
 from hw.boards import DEFAULT_BOARD, Board, resolve_board
 from hw.config import HwConfig, load_hw_config
+from training.checkpoint import atomic_write_bytes
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
 REPORT = "report.json"
@@ -99,9 +100,7 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
 
 
 def _write_report(build_dir: Path, data: dict) -> None:
-    tmp = build_dir / (REPORT + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(build_dir / REPORT)
+    atomic_write_bytes(build_dir / REPORT, json.dumps(data, indent=2).encode())
 
 
 def _paths(build_dir: Path) -> dict[str, str]:

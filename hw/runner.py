@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from agq.errors import AgqError
 from hw.finn_env import codegen_dirs
+from training.checkpoint import atomic_write_bytes
 
 MANIFEST = "steps.json"
 Step = Callable[[ModelWrapper, object], ModelWrapper]
@@ -73,9 +74,7 @@ class StepRunner:
             return {}
 
     def _save_manifest(self, done: list[dict]) -> None:
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"steps": done}, indent=2))
-        tmp.replace(self.manifest_path)
+        atomic_write_bytes(self.manifest_path, json.dumps({"steps": done}, indent=2).encode())
 
     def _reusable_prefix(self, names: list[str], required: list[Path]) -> tuple[int, ModelWrapper | None]:
         """How many leading steps can be skipped, and the model after the last of them."""
@@ -144,8 +143,6 @@ class StepRunner:
         seconds = time.perf_counter() - start
         print(f"--- {name} done in {seconds:.2f} s", file=self.log, flush=True)
         file = f"{index + 1:02d}_{name}.onnx"
-        tmp = self.models / (file + ".tmp")
-        model.save(str(tmp))
-        tmp.replace(self.models / file)
+        atomic_write_bytes(self.models / file, model.model.SerializeToString())
         return {"name": name, "key": key, "file": file, "seconds": round(seconds, 3), "reused": False,
                 "model": model}

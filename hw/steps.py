@@ -1,7 +1,7 @@
 """agq's build: FINN's own build steps plus the few agq adds, all in FINN's ``step_x(model, cfg)`` style.
 
 Import only after :func:`hw.finn_env.finn_steps` (FINN's step module needs its environment).
-:data:`BUILD_STEPS` is the no-Vivado build in order; :data:`hw.vivado.VIVADO_STEPS` continues it.
+:data:`BUILD_STEPS` is the no-Vivado build in order; :func:`hw.vivado.vivado_steps` continues it.
 agq's steps write their results next to FINN's reports in ``<build>/report/``.
 """
 
@@ -24,6 +24,7 @@ from hw.boards import resolve_board
 from hw.certificate import SDP, certificate, require_integer_only
 from hw.rtl_check import require_all_rtl, require_mapped
 from hw.transforms import PreferRTL, ReturnOutputScaleToHost
+from training.checkpoint import atomic_write_bytes
 
 PARTITION_HDL = "partition_hdl.onnx"
 PARENT = "parent.onnx"
@@ -41,15 +42,11 @@ class AgqBuildConfig(DataflowBuildConfig):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
 
 
 def _save_model(model: ModelWrapper, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    model.save(str(tmp))
-    tmp.replace(path)
+    atomic_write_bytes(path, model.model.SerializeToString())
 
 
 def _parent(cfg: DataflowBuildConfig) -> ModelWrapper:
@@ -63,8 +60,8 @@ def step_output_scale_to_host(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
 
 
 def step_check_mapped(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """Stop before partitioning if a plain ONNX node sits between hardware layers, saying why and how
-    to avoid it (FINN's own partitioning error names only the node)."""
+    """Stop before partitioning if a plain ONNX node sits between hardware layers or a pooling layer is
+    left, saying why and how to avoid it (FINN's own partitioning error names only the node)."""
     require_mapped(model)
     return model
 
