@@ -239,3 +239,20 @@ def test_hw_config_is_validated(tmp_path):
     bad.write_text("target_fps: fast\n")
     with pytest.raises(AgqError, match="target_fps='fast': expected int"):
         load_hw_config(bad)
+
+
+def test_an_error_inside_a_finn_step_is_one_line_with_the_traceback_in_the_log(default_build, tmp_path):
+    from hw.runner import StepRunner
+
+    build_dir, _ = default_build
+
+    def step_explodes(model, cfg):
+        raise ValueError("deep inside FINN\nsecond line")
+
+    with (tmp_path / "build.log").open("w") as log:
+        runner = StepRunner(tmp_path, cfg=None, base_key="k", log=log, progress=False)
+        with pytest.raises(AgqError) as err:
+            runner.run([step_explodes], load(build_dir / "parent.onnx"))
+    assert str(err.value).startswith("step_explodes failed: ValueError: deep inside FINN (traceback in")
+    assert "\n" not in str(err.value)
+    assert 'raise ValueError("deep inside FINN' in (tmp_path / "build.log").read_text()
