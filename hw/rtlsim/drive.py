@@ -12,6 +12,7 @@ Python references meanwhile.
 from __future__ import annotations
 
 import itertools
+import resource
 import subprocess
 import tempfile
 import threading
@@ -39,6 +40,11 @@ class ChunkResult:
     cycles: list[int] = field(default_factory=list)
     total_cycles: int = 0
     wall_seconds: float = 0.0
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def words_per_image(shape: tuple[int, ...]) -> int:
@@ -83,9 +89,11 @@ class ChunkedRun:
         self._threads: list[threading.Thread] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="agq-rtlsim-")
         self.workdir = Path(self._tmp.name)
+        self.cpu_seconds = 0.0  # CPU time of the simulator processes: speed independent of other load
 
     def start(self) -> None:
         """Copy the memory files beside the simulator and start one process per chunk."""
+        self._cpu_start = _children_cpu_seconds()
         for rel, src in self.design.memory_files.items():
             (self.workdir / rel).parent.mkdir(parents=True, exist_ok=True)
             (self.workdir / rel).write_bytes(src.read_bytes())
@@ -126,13 +134,15 @@ class ChunkedRun:
         """Every chunk's result; AgqError with the testbench's message when a simulator failed."""
         for thread in self._threads:
             thread.join()
+        self.cpu_seconds = _children_cpu_seconds() - self._cpu_start
         for k, proc in enumerate(self._procs):
             if proc.returncode != 0:
-                message = (self.workdir / f"stderr_{k}.txt").read_text().strip().splitlines()
+                lines = (self.workdir / f"stderr_{k}.txt").read_text().strip().splitlines()
+                errors = [ln for ln in lines if "agq-tb: error" in ln or "%Error" in ln] or lines
                 raise AgqError(
                     f"RTL simulation of images {self.chunks[k].first_image}.."
                     f"{self.chunks[k].first_image + self.chunks[k].images - 1} failed (exit "
-                    f"{proc.returncode}): {message[-1] if message else 'no message'}"
+                    f"{proc.returncode}): {errors[0].strip() if errors else 'no message'}"
                 )
         return self.chunks
 

