@@ -152,10 +152,12 @@ def _nhwc(a: np.ndarray) -> np.ndarray:
 def explain_difference(
     model: nn.Module, layers: list[QuantLayer], finn: FinnPython, image: np.ndarray, x: np.ndarray
 ) -> tuple[bool, str]:
-    """(is a float tie, the values that show it) for one image where hardware and PyTorch differ.
+    """(is a float tie, the values that show it) for an image where FINN's partition and PyTorch differ.
 
-    ``image`` is the raw image (1, C, H, W), ``x`` the partition input for it. The k-th Thresholding
-    node of the partition computes the k-th activation quantizer of F (agq's networks are chains).
+    Called where the RTL equals FINN's Python execution, so FINN's intermediate tensors stand for the
+    hardware's. ``image`` is the raw image (1, C, H, W), ``x`` the partition input for it. The k-th
+    Thresholding node of the partition computes the k-th activation quantizer of F (agq's networks are
+    chains).
     """
     acts = [layer for layer in layers if layer.kind == "act"]
     thresholds = [n for n in finn.model.graph.node if n.op_type.startswith("Thresholding")]
@@ -179,7 +181,8 @@ def explain_difference(
         steps = abs(float(pre[i]) - threshold) / float(np.spacing(np.float32(threshold)))
         where = "[" + ",".join(str(j) for j in i[1:]) + "]"
         return tie, (f"{layer.name} ({node.name}) at NHWC {where}: code {pt_code[i]:.0f} in PyTorch vs "
-                     f"{hw_code[i]:.0f} in hardware; PyTorch's value before rounding {float(pre[i]):.9g}, "
+                     f"{hw_code[i]:.0f} in FINN's partition (= the RTL's output); PyTorch's value before "
+                     f"rounding {float(pre[i]):.9g}, "
                      f"rounding threshold {threshold:.9g} ({steps:.0f} float32 steps apart, scale "
                      f"{scale:.9g}); {len(differing)} element(s) differ")
-    return False, "every quantized activation agrees with PyTorch, so the last layer (FC) differs"
+    return False, "every quantized activation of FINN's partition agrees with PyTorch: the last layer differs"
