@@ -18,6 +18,11 @@ BOARD = "Pynq-Z2"
 RTLSIM_RESULT = Path("bench/results/rtlsim_mnist.json")
 
 
+def rtlsim_result(name: str) -> Path:
+    """bench.rtlsim_mnist's result file for model ``name`` (its own default for the default model)."""
+    return RTLSIM_RESULT if name == DEFAULT_MODEL else RTLSIM_RESULT.with_name(f"rtlsim_{name}.json")
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -43,13 +48,15 @@ def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: 
                             "DSP": est["total"]["DSP"], "fps": est["fps"], "clock_mhz": est["clock_mhz"],
                             "max_cycles": est["max_cycles"], "bottleneck": est["bottleneck"],
                             "latency_ms": est["latency_ms"], "board_share": est["board_share"]}
-    rtlsim = _read(RTLSIM_RESULT)
+    result = rtlsim_result(name)
+    rtlsim = _read(result)
     if rtlsim is None and report is not None and build_missing:  # the RTL-simulation engineer's benchmark
         import subprocess
         import sys
 
-        subprocess.run([sys.executable, "-m", "bench.rtlsim_mnist", "--build", str(build_dir)], check=False)
-        rtlsim = _read(RTLSIM_RESULT)
+        subprocess.run([sys.executable, "-m", "bench.rtlsim_mnist", "--build", str(build_dir), "--out",
+                        str(result)], check=False)
+        rtlsim = _read(result)
     if rtlsim is not None:
         out["rtlsim"] = rtlsim
     return out
@@ -71,5 +78,6 @@ def markdown(hw: dict[str, Any]) -> str:
         shown = {k: v for k, v in rtlsim.items() if "cycle" in k and isinstance(v, int | float)}
         lines += ["", "RTL simulation (Verilator): " + ", ".join(f"{k} = {v}" for k, v in shown.items())]
     else:
-        lines += ["", f"No RTL simulation result ({RTLSIM_RESULT}); `make rtlsim` produces the cycle count."]
+        lines += ["", f"No RTL simulation result ({rtlsim_result(hw['model'])}); "
+                  "`python -m bench.rtlsim_mnist` produces the cycle count."]
     return "\n".join(lines) + "\n"

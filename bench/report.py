@@ -24,14 +24,13 @@ def _write_json(path: Path, data: Any) -> None:
 def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE) -> str:
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
     stats, pairs = table.summary(records), table.paired(records)
-    gaps = {m: table.gap_recovered(stats, m) for m in ("plain_ag", "plain_ag_ssp", "plain_kd", "plain_aux",
-                                                       "plain_2x")}
+    gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
     _write_json(out / "accuracy.json", {"title": title, "rows": stats, "paired": pairs, "gap_closed": gaps,
                                         "curves": table.curves(records)})
     png = table.fig3_png(records)
     if png is not None:
         atomic_write_bytes(out / "fig3.png", png)
-    return table.markdown(stats, title, pairs)
+    return table.markdown(stats, title, pairs, gaps)
 
 
 def cost_png(report: dict[str, Any]) -> bytes:
