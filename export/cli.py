@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     eq = card["equivalence"]
     print(f"wrote {onnx_path} and model.json in {time.perf_counter() - start:.1f} s; "
           f"equality on {eq['images']} test images: {eq['top1_equal']} top-1 equal, "
-          f"{eq['int_logits_equal']} integer logits equal, {eq['ties']} float ties")
+          f"{eq['int_logits_equal']} integer logits equal, "
+          f"{eq['rounded_logits_equal']} round(logits / scale) equal, {eq['ties']} float ties")
     for difference in eq["differences"]:
         print(f"  {difference}")
     return 0

@@ -6,8 +6,10 @@ last layer's integer accumulators, which the hardware computes) and the same rou
 ``ChangeBatchSize``. A difference is traced to its first differing quantized activation, comparing the
 PyTorch values (forward hooks) with the QONNX execution context. It is a *float tie* when the two
 pre-quantization values are float noise apart and straddle a rounding threshold (FINN-NOTES.md,
-"Equivalence pitfalls"); anything else is an error. The exported quantized weights are compared with
-Brevitas' exactly, so that a weight altered in the file is named even where no image exposes it.
+"Equivalence pitfalls"). Equal integer logits with different round(logit / scale) are float32 error of
+the last layer's float accumulation (logits reach ~1.4e6 x scale on MNIST), also reported as a tie.
+Anything else is an error. The exported quantized weights are compared with Brevitas' exactly, so that
+a weight altered in the file is named even where no image exposes it.
 """
 
 from __future__ import annotations
@@ -231,9 +233,11 @@ def _diagnose_logits(
                        f"PyTorch vs {on_exact[k]} in QONNX: the last layer differs")
     rounded_pt, rounded_on = np.round(pt), np.round(on)
     if not np.array_equal(rounded_pt, rounded_on):
+        # Same integer inputs and weights: only the float32 accumulation of the last layer differs.
         k = int(np.flatnonzero(rounded_pt != rounded_on)[0])
-        return True, (f"float tie at the rounding of logit / scale: logit {k} is {pt[k]:.9g} in PyTorch vs "
-                      f"{on[k]:.9g} in QONNX, exact integer logit {pt_exact[k]}")
+        return True, (f"float32 error of the last layer at round(logit / scale): logit {k} / scale is "
+                      f"{pt[k]:.9g} in PyTorch vs {on[k]:.9g} in QONNX; the exact integer logit "
+                      f"{pt_exact[k]} is the same in both")
     top = np.flatnonzero(pt_exact == pt_exact.max()).tolist()
     return True, f"argmax tie: classes {top} share the top integer logit {pt_exact.max()}"
 

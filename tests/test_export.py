@@ -250,7 +250,8 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path, checkpoint, problem):
 
 def test_cli_exports_and_reports(checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--images", "16"]) == 0
-    assert "16 top-1 equal, 16 integer logits equal, 0 float ties" in capsys.readouterr().out
+    assert "16 top-1 equal, 16 integer logits equal, 16 round(logits / scale) equal, 0 float ties" in (
+        capsys.readouterr().out)
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
     assert "agq export: error: checkpoint not found" in capsys.readouterr().err
 
