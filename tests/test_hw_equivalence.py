@@ -118,3 +118,15 @@ def test_one_flipped_weight_bit_is_caught(build_dir):
     assert not report["ok"]
     assert exact["finn_python"] < 20 and exact["pytorch"] < 20
     assert exact["differences"] and not any(d["float_tie"] for d in exact["differences"])
+
+
+def test_stitch_refuses_a_layer_without_rtl(build_dir):
+    from hw import finn_env
+    from hw.rtlsim.stitch import stitch
+
+    finn_env.use_build_dir(build_dir)
+    partition = ModelWrapper(str(build_dir / "partition_hdl.onnx"))
+    node = next(n for n in partition.graph.node if n.op_type == "Thresholding_rtl")
+    node.op_type, node.domain = "Thresholding_hls", "finn.custom_op.fpgadataflow.hls"
+    with pytest.raises(AgqError, match=rf"node {node.name} \(Thresholding_hls\) is not an RTL layer"):
+        stitch(partition)

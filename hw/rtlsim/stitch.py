@@ -98,27 +98,28 @@ class _Stitcher:
         self.scalar = _Nets()
         self.intf = _Nets()
         self.widths: dict[tuple[str, str], int] = {}  # intf pin -> TDATA width FINN states
-        self.cells: dict[str, tuple[str, ModuleHeader, dict[str, str]]] = {}  # path -> (node, hdr, params)
+        self.cells: dict[str, tuple[ModuleHeader, dict[str, str]]] = {}  # path -> (header, parameters)
         self.sources: list[Path] = []
         self.memory: dict[str, Path] = {}
-        self.labels: dict[tuple[str, str], str] = {}  # intf pin -> tensor label
 
     def add_node(self, node: object) -> None:
-        inst = getCustomOp(node)
         name = node.name
         if not node.domain.startswith("finn.custom_op.fpgadataflow") or not node.op_type.endswith("_rtl"):
             raise AgqError(
                 f"node {name} ({node.op_type}) is not an RTL layer: agq's Verilator stitch needs an all-RTL "
                 "partition (HLS layers need Vivado)"
             )
+        inst = getCustomOp(node)
         intf = inst.get_verilog_top_module_intf_names()
         if intf.get("aximm"):
             raise AgqError(f"node {name} reads weights over AXI-MM ({intf['aximm']}): not simulated by agq")
         if intf.get("clk2x"):
             raise AgqError(f"node {name} is double-pumped (needs ap_clk2x): not simulated by agq")
-        code_gen_dir = Path(inst.get_nodeattr("code_gen_dir_ipgen") or "")
-        if not code_gen_dir.is_dir():
-            raise AgqError(f"node {name}: code_gen_dir_ipgen '{code_gen_dir}' is missing (run hw_codegen)")
+        code_gen = inst.get_nodeattr("code_gen_dir_ipgen")
+        code_gen_dir = Path(code_gen)
+        if not code_gen or not code_gen_dir.is_dir():
+            raise AgqError(f"node {name}: its generated HDL folder (code_gen_dir_ipgen '{code_gen}') is "
+                           "missing: run `agq build` again")
         asm = read_ipi(name, inst.code_generation_ipi())
         self._add_sources(asm)
         headers = self._headers(asm, code_gen_dir)
@@ -127,7 +128,7 @@ class _Stitcher:
             header = headers[cell.module]
             params = dict(cell.params)
             params.update(self._relocate_memory(name, header, code_gen_dir))
-            self.cells[path] = (name, header, params)
+            self.cells[path] = (header, params)
             if cell.module in own_modules:
                 self._note_stream_widths(inst, path, header)
         for a, b in asm.nets:
@@ -208,7 +209,6 @@ class _Stitcher:
                     raise AgqError(f"node {node.name}: {pin} streams the constant {tensor} from outside")
                 self.widths[(node.name, pin)] = int(width)
                 self.intf.union((node.name, pin), ("$tensor", tensor))
-                self.labels[(node.name, pin)] = tensor
 
 
 def _stream_port(model: ModelWrapper, tensor: str, is_input: bool) -> StreamPort:
@@ -307,7 +307,7 @@ def _render(st: _Stitcher, in_width: int, out_width: int) -> tuple[str, list[str
             who = ", ".join(f"{c}.{p}" for c, p in ends) or "nothing"
             raise AgqError(f"stream {name} must join exactly one producer and one consumer, joins {who}")
         for cell, pin in ends:
-            header = st.cells[cell][1]
+            header = st.cells[cell][0]
             for s in ("TDATA", "TVALID", "TREADY"):
                 port = _intf_port(header, pin, s)
                 if port is None:
@@ -324,12 +324,12 @@ def _render(st: _Stitcher, in_width: int, out_width: int) -> tuple[str, list[str
             wire = _wire_name(f"{root[0]}.{root[1]}")
             decls.append(f"\twire {wire};")
         for cell, port in ends:
-            if port not in st.cells[cell][1].ports:
-                raise AgqError(f"cell {cell} (module {st.cells[cell][1].name}) has no port {port}")
+            if port not in st.cells[cell][0].ports:
+                raise AgqError(f"cell {cell} (module {st.cells[cell][0].name}) has no port {port}")
             conn[(cell, port)] = top_pin or wire
 
     instances = []
-    for path, (_node, header, params) in st.cells.items():
+    for path, (header, params) in st.cells.items():
         ports = []
         for port, direction in header.ports.items():
             expr = conn.get((path, port))
