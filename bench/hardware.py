@@ -18,6 +18,10 @@ BOARD = "Pynq-Z2"
 RTLSIM_RESULT = Path("bench/results/rtlsim_mnist.json")
 
 
+RTLSIM_SHOWN = ("images", "ok", "bit_exact_pytorch", "hardware_top1", "steady_state_cycles_per_image",
+                "first_image_cycles", "finn_estimate_cycles_per_image", "simulated_fps_at_clock")
+
+
 def rtlsim_result(name: str) -> Path:
     """bench.rtlsim_mnist's result file for model ``name`` (its own default for the default model)."""
     return RTLSIM_RESULT if name == DEFAULT_MODEL else RTLSIM_RESULT.with_name(f"rtlsim_{name}.json")
@@ -75,8 +79,11 @@ def markdown(hw: dict[str, Any]) -> str:
         lines.append(hw["missing"])
     rtlsim = hw.get("rtlsim")
     if rtlsim is not None:
-        shown = {k: v for k, v in rtlsim.items() if "cycle" in k and isinstance(v, int | float)}
-        lines += ["", "RTL simulation (Verilator): " + ", ".join(f"{k} = {v}" for k, v in shown.items())]
+        shown = [k for k in RTLSIM_SHOWN if k in rtlsim]
+        lines += ["", "RTL simulation (Verilator, bench.rtlsim_mnist):", "",
+                  "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown),
+                  "| " + " | ".join(f"{rtlsim[k]:.4g}" if isinstance(rtlsim[k], float) else str(rtlsim[k])
+                                    for k in shown) + " |"]
     else:
         lines += ["", f"No RTL simulation result ({rtlsim_result(hw['model'])}); "
                   "`python -m bench.rtlsim_mnist` produces the cycle count."]

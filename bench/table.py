@@ -138,11 +138,16 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
         lines += [f"| {name} | {_cell(p)} | {', '.join(f'{v:+.2f}' for v in p['values'])} |"
                   for name, p in pairs.items()]
     for title_, entries in ABLATIONS:
-        present = [(n, label) for n, label in entries if n in stats]
+        present = [(n, label, stats[n][METRIC]) for n, label in entries if n in stats]
         if present:
-            lines += ["", f"### {title_}", "", "| variant | top-1 % (F) | seeds |", "|---|---|---|"]
-            lines += [f"| {label} | {_cell(stats[n]['test_F_top1'])} | {stats[n]['test_F_top1']['n']} |"
-                      for n, label in present]
+            common = sorted(set.intersection(*(set(e["seeds"]) for _, _, e in present)))
+            lines += ["", f"### {title_}", "",
+                      f"| variant | top-1 % (F), all seeds | seeds | top-1 % on seeds {common} |",
+                      "|---|---|---|---|"]
+            for _, label, e in present:
+                pairs_ = zip(e["seeds"], e["values"], strict=True)
+                shared = statistics.fmean(v for s, v in pairs_ if s in common)
+                lines.append(f"| {label} | {_cell(e)} | {e['n']} | {shared:.2f} |")
     lines.append("\nMean ± sample standard deviation over seeds (n - 1 in the denominator).")
     return "\n".join(lines) + "\n"
 
