@@ -16,7 +16,6 @@ import resource
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +31,13 @@ from hw.rtlsim.verilator import Simulator
 
 @dataclass
 class ChunkResult:
-    """One simulator process: its images, every output word with its cycle, and its run time."""
+    """One simulator process: its images and every output word with the cycle it was accepted in."""
 
     first_image: int
     images: int
     words: list[int] = field(default_factory=list)
     cycles: list[int] = field(default_factory=list)
     total_cycles: int = 0
-    wall_seconds: float = 0.0
 
 
 def _children_cpu_seconds() -> float:
@@ -117,7 +115,6 @@ class ChunkedRun:
             self._threads.append(thread)
 
     def _collect(self, proc: subprocess.Popen, chunk: ChunkResult) -> None:
-        start = time.monotonic()
         for line in proc.stdout:
             kind, *rest = line.split()
             if kind == "O":
@@ -128,7 +125,6 @@ class ChunkedRun:
             elif kind == "D":
                 chunk.total_cycles = int(rest[0])
         proc.wait()
-        chunk.wall_seconds = time.monotonic() - start
 
     def wait(self) -> list[ChunkResult]:
         """Every chunk's result; AgqError with the testbench's message when a simulator failed."""

@@ -170,7 +170,7 @@ def simulate(
             "simulator_build_seconds": round(simulator.build_seconds, 2),
             "simulator_cached": simulator.build_seconds == 0.0,
             "wall_seconds": round(wall, 3),
-            "cycles_per_second": sim_cycles / sum(c.wall_seconds for c in chunks),
+            "cycles_per_second": sim_cycles / wall,  # all processes together, like images_per_second
             "cycles_per_cpu_second": sim_cycles / cpu_seconds if cpu_seconds > 0 else None,
             "simulator_cpu_seconds": round(cpu_seconds, 2),
             "images_per_second": n / wall,
