@@ -51,6 +51,17 @@ class Cluster:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
+    def share_buffers(self, module: nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm running statistics).
+
+        DDP syncs gradients, and buffers only at the start of each forward: after the last training step
+        every process holds the running statistics of its own last batch. Evaluation and the saved
+        checkpoint must see one network, rank 0's.
+        """
+        if self.world > 1:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

@@ -137,6 +137,8 @@ class _Run:
         if not self.cfg.train.epochs and not self.cfg.train.pretrain_epochs:
             raise AgqError("config train.epochs and train.pretrain_epochs are both 0: nothing to train")
         state = resume_state(self.cfg, self.last) if resume else None
+        if state is None and self.node.main:  # a fresh run: no final checkpoint of an older run may survive
+            (self.cfg.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         if state is not None:
             self.log.rows = state["trainer"]["history"]
         if state is None or state["trainer"]["phase"] == "pretrain":
@@ -169,6 +171,7 @@ class _Run:
             for epoch in range(start, tcfg.pretrain_epochs):
                 model.train()
                 row = self._epoch("pretrain", epoch, tcfg.pretrain_epochs, step, optimizer)
+                self.node.share_buffers(model)
                 model.eval()
                 row |= self._evaluate(lambda x: {"F": model(x)})
                 self._end_epoch(row, model, model.state_dict(), optimizer, scheduler)
@@ -196,6 +199,7 @@ class _Run:
             objective.train()
             row = self._epoch("finetune", epoch, tcfg.epochs, step, optimizer)
             scheduler.step()
+            self.node.share_buffers(objective)
             objective.eval()
             row |= self._evaluate(objective.evaluate)
             if self.cfg.ssp.enabled:

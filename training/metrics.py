@@ -78,7 +78,7 @@ class MetricsLog:
         x = [row["global_epoch"] for row in self.rows]
         loss_ax.plot(x, [row["train_loss"] for row in self.rows], marker="o")
         loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
-        for key in ("test_F_top1", "val_F_top1", "test_H_top1", "test_F_top5"):
+        for key in ("test_F_top1", "val_F_top1", "test_H_top1"):
             points = [(row["global_epoch"], row[key]) for row in self.rows if row.get(key) is not None]
             if points:
                 acc_ax.plot(*zip(*points, strict=True), marker="o", label=key)
@@ -86,7 +86,7 @@ class MetricsLog:
         for ax in (loss_ax, acc_ax):
             if pretrain:
                 ax.axvspan(0.5, max(pretrain) + 0.5, color="0.92", label="_full precision")
-        acc_ax.set(xlabel="epoch", ylabel="%", title="accuracy (shaded: full-precision pre-training)")
+        acc_ax.set(xlabel="epoch", ylabel="top-1 %", title="accuracy (shaded: full-precision pre-training)")
         acc_ax.legend(fontsize="small")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
