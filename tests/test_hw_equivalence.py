@@ -130,3 +130,19 @@ def test_stitch_refuses_a_layer_without_rtl(build_dir):
     node.op_type, node.domain = "Thresholding_hls", "finn.custom_op.fpgadataflow.hls"
     with pytest.raises(AgqError, match=rf"node {node.name} \(Thresholding_hls\) is not an RTL layer"):
         stitch(partition)
+
+
+def test_a_mis_wired_top_is_refused(build_dir):
+    import dataclasses
+    import re
+
+    from hw import finn_env
+    from hw.rtlsim.stitch import stitch
+    from hw.rtlsim.verilator import compile_design
+
+    finn_env.use_build_dir(build_dir)
+    design = stitch(ModelWrapper(str(build_dir / "partition_hdl.onnx")))
+    wire = re.search(r"wire \[(\d+):0\] (w_\w+_TDATA);", design.top_sv)
+    narrow = design.top_sv.replace(wire.group(0), f"wire [{int(wire.group(1)) - 1}:0] {wire.group(2)};")
+    with pytest.raises(AgqError, match=r"generated top is mis-wired: %Warning-WIDTH"):
+        compile_design(dataclasses.replace(design, top_sv=narrow))
