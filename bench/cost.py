@@ -134,8 +134,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name, e in report["methods"].items():
         lines.append(f"| {name} | {e['step_s']:.4f} | {e['time_ratio']:.2f} | {e['peak_rss_mib']:.0f} | "
                      f"{e['step_rss_mib']:.1f} | {e['memory_ratio']:.2f} |")
-    lines.append("\nSteps run at fine-tuning progress 0, where SSP keeps half of the fragments in full precision "
-                 "(delta 0.5), which skips their quantizers; step memory = peak RSS minus RSS before the first step.")
+    lines.append("\nSteps run at fine-tuning progress 0, where SSP keeps half of the fragments in full "
+                 "precision (delta 0.5), which skips their quantizers; step memory = peak RSS minus RSS "
+                 "before the first step.")
     eq = report["fused_equality"]
     lines.append(f"\nFused vs naive AG after {eq['steps']} identical steps: largest loss difference "
                  f"{eq['max_loss_diff']:.3g}, largest weight difference {eq['max_weight_diff']:.3g} "
