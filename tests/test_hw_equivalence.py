@@ -40,7 +40,7 @@ def build_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def baseline(build_dir):
-    report = simulate(build_dir, images=1000, progress=False)  # the whole digits test split (360)
+    report = simulate(build_dir, images=10_000, progress=False)  # the whole digits test split (360)
     return report, np.load(build_dir / FOLDER / LOGITS)
 
 
@@ -58,10 +58,13 @@ def assert_bit_exact(report: dict) -> None:
 
 
 def test_rtl_equals_finn_and_pytorch_on_every_image(build_dir, baseline):
+    from training.data import test_images
+
     report, logits = baseline
-    assert report["images"] == 360
-    assert logits.shape == (360, 10) and logits.dtype == np.int64
-    assert len(np.unique(logits, axis=0)) > 300, "the logits must depend on the image"
+    n = len(test_images(load_config(CONFIG).data)[1])
+    assert report["images"] == n
+    assert logits.shape == (n, 10) and logits.dtype == np.int64
+    assert len(np.unique(logits, axis=0)) > 0.8 * n, "the logits must depend on the image"
     assert_bit_exact(report)
     cycles = report["cycles"]
     assert 0 < cycles["first_output"] <= cycles["first_image"] and cycles["steady_state_per_image"] > 0

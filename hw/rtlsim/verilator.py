@@ -74,9 +74,17 @@ def verilator_version() -> str:
 
 
 def cache_root() -> Path:
-    """Where compiled simulators live: $AGQ_RTLSIM_CACHE or ~/.cache/agq/rtlsim."""
+    """Where compiled simulators live: $AGQ_RTLSIM_CACHE, else ~/.cache/agq/rtlsim, else (a read-only
+    home, as in some CI containers) the system's temporary folder."""
     env = os.environ.get("AGQ_RTLSIM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "agq" / "rtlsim"
+    if env:
+        return Path(env)
+    home = Path.home() / ".cache" / "agq" / "rtlsim"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+    except OSError:
+        return Path(tempfile.gettempdir()) / "agq-rtlsim-cache"
 
 
 def _design_files(design: StitchedDesign) -> dict[str, str]:
