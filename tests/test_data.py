@@ -65,8 +65,8 @@ def test_mnist_fetch_failure_names_the_file_and_caches_nothing(tmp_path, monkeyp
     assert not any(tmp_path.rglob("*"))
 
 
-def test_mnist_is_exact_uint8_when_available():
-    """Real MNIST (cached under data/ by the first run): k/256 floats come back as the integers k."""
+def test_mnist_is_exact_uint8():
+    """Real MNIST (fetched into data/ on first use): k/256 floats come back as the integers k."""
     images, labels = data.test_images(DataConfig(dataset="mnist"), limit=3)
     assert images.shape == (3, 1, 28, 28) and images.dtype == np.uint8
     assert labels.tolist() == [7, 2, 1]
