@@ -68,7 +68,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise AgqError(f"checkpoint {path} is corrupt or not a torch file: {str(exc).splitlines()[0]}") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AgqError(f"checkpoint {path} is corrupt or not a torch file: {first_line}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AgqError(f"checkpoint {path} is not an agq checkpoint (expected format {FORMAT})")
     for key in ("config", "model", "meta"):

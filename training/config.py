@@ -74,7 +74,8 @@ class AGConfig:
 
 @dataclass(frozen=True)
 class SSPConfig:
-    """Stochastic Structured Precision: delta decays linearly from ``delta_start`` to 0 at ``decay_epochs``."""
+    """Stochastic Structured Precision: delta decays linearly from ``delta_start`` to 0 at ``decay_epochs``
+    fine-tuning epochs."""
 
     enabled: bool = True
     fragment: Literal["block", "layer"] = "block"
@@ -211,7 +212,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         raise AgqError(f"config {key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
     return value
 
