@@ -78,7 +78,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def checkpoint_config(payload: dict[str, Any], path: str | Path = "checkpoint") -> Config:
+def _checkpoint_config(payload: dict[str, Any], path: str | Path = "checkpoint") -> Config:
     """The validated config stored in a checkpoint."""
     try:
         return config_from_dict(payload["config"])
@@ -89,7 +89,7 @@ def checkpoint_config(payload: dict[str, Any], path: str | Path = "checkpoint") 
 def load_deployable(path: str | Path) -> tuple[Config, QuantCNN, dict[str, Any]]:
     """(config, F in eval mode with its trained weights, meta) from a checkpoint file."""
     payload = load_checkpoint(path)
-    cfg = checkpoint_config(payload, path)
+    cfg = _checkpoint_config(payload, path)
     model = build_model(cfg.model)
     try:
         model.load_state_dict(payload["model"], strict=True)

@@ -14,32 +14,30 @@ from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjectorBase
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from torch import nn
 
+_PROXIES = (WeightQuantProxyFromInjectorBase, ActQuantProxyFromInjectorBase)
+
+
+def _proxies(module: nn.Module) -> Iterator[nn.Module]:
+    """Every weight and activation quantizer proxy inside ``module``, in module order."""
+    return (sub for sub in module.modules() if isinstance(sub, _PROXIES))
+
 
 def set_precision(module: nn.Module, weights: bool, acts: bool) -> None:
     """Quantize (True) or run full precision (False) every weight / activation quantizer inside ``module``."""
-    for sub in module.modules():
-        if isinstance(sub, WeightQuantProxyFromInjectorBase):
-            sub.disable_quant = not weights
-        elif isinstance(sub, ActQuantProxyFromInjectorBase):
-            sub.disable_quant = not acts
+    for proxy in _proxies(module):
+        enabled = weights if isinstance(proxy, WeightQuantProxyFromInjectorBase) else acts
+        proxy.disable_quant = not enabled
 
 
 def precision_state(module: nn.Module) -> list[bool]:
     """Which quantizers inside ``module`` are enabled, in module order (for save/restore and tests)."""
-    return [
-        not sub.disable_quant
-        for sub in module.modules()
-        if isinstance(sub, WeightQuantProxyFromInjectorBase | ActQuantProxyFromInjectorBase)
-    ]
+    return [not proxy.disable_quant for proxy in _proxies(module)]
 
 
 @contextmanager
 def full_precision(module: nn.Module) -> Iterator[nn.Module]:
     """Run ``module`` with every quantizer off, restoring the previous state afterwards."""
-    proxies = [
-        sub for sub in module.modules()
-        if isinstance(sub, WeightQuantProxyFromInjectorBase | ActQuantProxyFromInjectorBase)
-    ]
+    proxies = list(_proxies(module))
     before = [p.disable_quant for p in proxies]
     for p in proxies:
         p.disable_quant = True
