@@ -136,6 +136,12 @@ def _exact_logits(
     return codes @ int_weight.T, np.abs(codes) @ np.abs(int_weight).T
 
 
+def _torch_last_layer(layers: list[QuantLayer]) -> tuple[float, np.ndarray]:
+    """F's last activation scale and the FC's integer weights (out, in) as int64: its exact last layer."""
+    act, fc = layers[-2], layers[-1]
+    return float(act.scale().item()), fc.module.quant_weight().int().numpy().astype(np.int64)
+
+
 def integer_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
     """F's exact integer logits (int64) for raw uint8 images (N x C x H x W): what the last MVAU outputs.
 
@@ -144,10 +150,8 @@ def integer_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
     """
     layers = trace_quant_layers(model, (1, *images.shape[1:]))
     output_scale(layers)  # the last two layers must be the per-tensor activation and FC
-    act, fc = layers[-2], layers[-1]
-    _, fc_input, _ = _torch_run(model, [], fc, images.astype(np.float32))
-    weight = fc.module.quant_weight().int().numpy().astype(np.int64)
-    return _exact_logits(fc_input, float(act.scale().item()), weight)[0]
+    _, fc_input, _ = _torch_run(model, [], layers[-1], images.astype(np.float32))
+    return _exact_logits(fc_input, *_torch_last_layer(layers))[0]
 
 
 class _BatchedQonnx:
@@ -250,8 +254,8 @@ def check_equivalence(
     pairs = pair_layers(layers, qmodel)
     acts = [(layer, quant) for layer, quant, _ in pairs if not layer.is_weight]
     fc, fc_quant, fc_node = pairs[-1]
-    act_scale = float(layers[-2].scale().item())
-    pt_weight = fc.module.quant_weight().int().numpy().astype(np.int64)
+    act_scale, pt_weight = _torch_last_layer(layers)
+    on_act_scale = float(qmodel.get_initializer(acts[-1][1].input[1]))
     runner = _BatchedQonnx(qmodel, min(batch, len(images)))
     report = EquivalenceReport(images=len(images), output_scale=scale)
     starts = range(0, len(images), runner.batch)
@@ -260,11 +264,10 @@ def check_equivalence(
         n = len(x)
         pt_logits, pt_fc_in, pt_acts = _torch_run(model, [layer for layer, _ in acts], fc, x)
         context = runner.run(x)
-        if start == 0:
+        if start == 0:  # the exported weights are the same in every batch: read them once
             report.weight_mismatches = _weight_mismatches(pairs, context)
+            on_weight = _int_weight(qmodel, fc_quant, fc_node, context)
         on_logits = context[runner.output][:n]
-        on_weight = _int_weight(qmodel, fc_quant, fc_node, context)
-        on_act_scale = float(qmodel.get_initializer(acts[-1][1].input[1]))
         pt_exact, pt_magnitude = _exact_logits(pt_fc_in, act_scale, pt_weight)
         on_exact, on_magnitude = _exact_logits(context[fc_node.input[0]][:n], on_act_scale, on_weight)
         pt_units, on_units = pt_logits.astype(np.float64) / scale, on_logits.astype(np.float64) / scale
