@@ -97,7 +97,7 @@ def simulate(
             finn = FinnPython(info.partition)
             finn_out = finn.outputs(inputs, on_image=bars[1].update)
             layers = trace_quant_layers(model, (1, *raw.shape[1:]))
-            torch_exact, torch_float = torch_logits(model, layers, raw)
+            torch_exact, torch_float = torch_logits(model, raw)
             chunks = sim_run.wait()
             wall = time.monotonic() - start
             cpu_seconds = sim_run.cpu_seconds
