@@ -59,7 +59,6 @@ def records_from_runs(folder: Path) -> list[dict[str, Any]]:
         runs.append((load_checkpoint(ckpt)["config"], json.loads(metrics.read_text())))
     if not runs:
         raise AgqError(f"no run folders with metrics.json under {folder}")
-    base_epochs = min(cfg["train"]["epochs"] for cfg, _ in runs if cfg["train"]["epochs"]) if any(
-        cfg["train"]["epochs"] for cfg, _ in runs) else 0
+    base_epochs = min((cfg["train"]["epochs"] for cfg, _ in runs if cfg["train"]["epochs"]), default=0)
     return [{"row": row_of(cfg, base_epochs), "arch": cfg["model"]["arch"], "seed": cfg["train"]["seed"],
              "config": cfg, "history": history} for cfg, history in runs if cfg["train"]["epochs"]]
