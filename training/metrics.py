@@ -49,9 +49,9 @@ def accuracy(logits_of: Logits, data: ImageSet, batch_size: int, cluster: Cluste
 class MetricsLog:
     """Rows of per-epoch metrics, rewritten to ``metrics.csv``, ``metrics.json`` and ``metrics.png``."""
 
-    def __init__(self, run_dir: Path, rows: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.rows: list[dict[str, Any]] = []
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -68,9 +68,7 @@ class MetricsLog:
         atomic_write_bytes(self.run_dir / "metrics.png", self._plot())
 
     def _plot(self) -> bytes:
-        import matplotlib
-
-        matplotlib.use("Agg")
+        # A bare Figure renders to PNG without pyplot, so the process's matplotlib backend is left alone.
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(9, 3.5), layout="constrained")

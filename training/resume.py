@@ -40,7 +40,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _differences(saved: Any, current: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
-        for name in list(dict.fromkeys([*saved, *current])):
+        for name in dict.fromkeys([*saved, *current]):
             found += _differences(saved.get(name), current.get(name), f"{key}.{name}" if key else name)
         return found
     return [] if saved == current or key in MAY_DIFFER else [(key, saved, current)]
