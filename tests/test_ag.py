@@ -68,7 +68,8 @@ def shared_weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 def test_projection_only_where_shape_changes():
-    ag = build_objective(build_model(tiny_config().model), tiny_config()).ag
+    cfg = tiny_config()
+    ag = build_objective(build_model(cfg.model), cfg).ag
     assert isinstance(ag.projections[0][0], nn.Conv2d) and ag.projections[0][0].stride == (2, 2)
     assert isinstance(ag.projections[1], nn.Identity)
     assert len(ag.adaptors) == 3 and all(a[0].kernel_size == (1, 1) for a in ag.adaptors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from agq.cli import main
 from training import data
@@ -102,7 +103,8 @@ def test_resume_of_a_finished_run_rewrites_the_same_checkpoint(capsys, pretraine
     assert main([*args, "--resume"]) == 0
     after = load_checkpoint(final)
     assert after["meta"] == before["meta"]
-    assert all((after["model"][k] == v).all() for k, v in before["model"].items())
+    assert after["model"].keys() == before["model"].keys()
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
 
 
 def test_resume_from_a_corrupt_checkpoint(capsys, tmp_path):

@@ -28,9 +28,18 @@ def test_digits_splits_are_fixed_disjoint_uint8():
     images, labels = data.test_images(DIGITS, limit=7)
     np.testing.assert_array_equal(images, splits.test.images[:7])
     np.testing.assert_array_equal(labels, splits.test.labels[:7])
-    # every image is in exactly one split
-    pool = np.concatenate([s.images.reshape(len(s), -1) for s in (splits.train, splits.val, splits.test)])
-    assert len(pool) == 1797
+    # every image is in exactly one split: the three splits together are sklearn's 1797 (image, label)
+    # pairs, each as often as there
+    from sklearn.datasets import load_digits
+
+    def rows(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        table = np.concatenate([images.reshape(len(labels), -1).astype(np.int64), labels[:, None]], axis=1)
+        return table[np.lexsort(table.T[::-1])]
+
+    parts = (splits.train, splits.val, splits.test)
+    pool = rows(np.concatenate([s.images for s in parts]), np.concatenate([s.labels for s in parts]))
+    bunch = load_digits()
+    np.testing.assert_array_equal(pool, rows(np.minimum(bunch.images * 16, 255), bunch.target))
 
 
 def test_limit_and_val_size_errors():
