@@ -76,11 +76,12 @@ class StepRunner:
     def _save_manifest(self, done: list[dict]) -> None:
         atomic_write_bytes(self.manifest_path, json.dumps({"steps": done}, indent=2).encode())
 
-    def _reusable_prefix(self, names: list[str], required: list[Path]) -> tuple[int, ModelWrapper | None]:
-        """How many leading steps can be skipped, and the model after the last of them."""
+    def _reusable_prefix(self, names: list[str], required: list[Path], old: dict[str, dict]
+                         ) -> tuple[int, ModelWrapper | None]:
+        """How many leading steps of the ``old`` manifest can be skipped, and the model after the last."""
         if not all(p.exists() for p in required):
             return 0, None
-        old, key, n = self._manifest(), self.base_key, 0
+        key, n = self.base_key, 0
         for name in names:
             key = _chain(key, name)
             record = old.get(name)
@@ -98,28 +99,29 @@ class StepRunner:
         """Run (or reuse) every step; ``required`` are side outputs a reused build must still have."""
         self.models.mkdir(parents=True, exist_ok=True)
         names = [s.__name__ for s in steps]
-        skip, cached = self._reusable_prefix(names, list(required))
         old = self._manifest()
+        skip, cached = self._reusable_prefix(names, list(required), old)
         console = sys.stderr
         key = self.base_key
         done = self.records = []
-        bar = tqdm(total=len(steps), desc="agq build", unit="step", file=console, disable=not self.progress,
-                   leave=False)
-        for i, (step, name) in enumerate(zip(steps, names, strict=True)):
-            key = _chain(key, name)
-            if i < skip:
-                record = {**old[name], "reused": True}
-            else:
-                if i == skip and cached is not None:
-                    model = cached
-                record = self._run_one(step, name, i, model, key)
-                model = record.pop("model")
-            done.append(record)
-            self._save_manifest(done)
-            status = "reused" if record["reused"] else f"{record['seconds']:.1f} s"
-            tqdm.write(f"[{i + 1:2d}/{len(steps)}] {name:<36} {status}", file=console)
-            bar.update()
-        bar.close()
+        # disable=None: tqdm draws the bar on a terminal only, so a piped `make build` log holds just the
+        # step lines, not a redrawn bar between each; the context manager clears it before an error.
+        with tqdm(total=len(steps), desc="agq build", unit="step", file=console,
+                  disable=None if self.progress else True, leave=False) as bar:
+            for i, (step, name) in enumerate(zip(steps, names, strict=True)):
+                key = _chain(key, name)
+                if i < skip:
+                    record = {**old[name], "reused": True}
+                else:
+                    if i == skip and cached is not None:
+                        model = cached
+                    record = self._run_one(step, name, i, model, key)
+                    model = record.pop("model")
+                done.append(record)
+                self._save_manifest(done)
+                status = "reused" if record["reused"] else f"{record['seconds']:.1f} s"
+                bar.write(f"[{i + 1:2d}/{len(steps)}] {name:<36} {status}", file=console)
+                bar.update()
         if skip == len(steps):
             model = cached
         return model
