@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from agq.errors import AgqError
 from hw import finn_env, vivado
 from hw.boards import DEFAULT_BOARD, Board, resolve_board
 from hw.config import HwConfig, load_hw_config
-from training.checkpoint import atomic_write_bytes
+from training.checkpoint import atomic_write_bytes, file_sha256
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
 REPORT = "report.json"
@@ -167,9 +166,9 @@ def build_accelerator(
     report = {
         "status": "failed",
         "model": str(model.resolve()),
-        "model_sha256": hashlib.sha256(proto.SerializeToString()).hexdigest(),
+        "model_sha256": file_sha256(model),
         "board": target.to_dict(),
-        "config": asdict(hw_cfg),
+        "config": hw_cfg.to_dict(),
         "finn_version": version("finn-plus"),
         "vivado": {"missing": missing, "steps": [] if missing else list(vivado.VIVADO_STEP_NAMES)},
         "paths": _paths(build_dir),
