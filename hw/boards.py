@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from agq.errors import AgqError
 
 DEFAULT_BOARD = "Pynq-Z2"
-# FINN's own default clock (DataflowBuildConfig.synth_clk_period_ns): 100 MHz, the Pynq-Z2 fabric clock.
-DEFAULT_CLOCK_NS = 10.0
 # The resource kinds of FINN's platform models, in their order (finn.util.platforms.Platform).
 RESOURCE_KINDS = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
 

@@ -49,6 +49,13 @@ def _save_model(model: ModelWrapper, path: Path) -> None:
     atomic_write_bytes(path, model.model.SerializeToString())
 
 
+def _certify(partition: ModelWrapper, parent: ModelWrapper, cfg: DataflowBuildConfig) -> None:
+    """Write the integer-only certificate into the report folder, then fail if it lists a float op."""
+    cert = certificate(partition, parent)
+    _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
+    require_integer_only(cert)
+
+
 def _parent(cfg: DataflowBuildConfig) -> ModelWrapper:
     """The parent model FINN's step_create_dataflow_partition saved (host nodes + partition node)."""
     return ModelWrapper(str(cfg.get_intermediate_models_directory() / "dataflow_parent.onnx"))
@@ -68,9 +75,7 @@ def step_check_mapped(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWra
 
 def step_integer_certificate(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """List every partition node with its datatypes; fail if any float operation is left inside."""
-    cert = certificate(model, _parent(cfg))
-    _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
-    require_integer_only(cert)
+    _certify(model, _parent(cfg), cfg)
     return model
 
 
@@ -120,9 +125,7 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mode
         raise AgqError(f"expected one dataflow partition, FINN made {len(sdp)}")
     getCustomOp(sdp[0]).set_nodeattr("model", str((out / PARTITION_HDL).resolve()))
     _save_model(parent, out / PARENT)
-    cert = certificate(hdl, parent)
-    _write_json(cfg.get_report_directory() / CERTIFICATE, cert)
-    require_integer_only(cert)
+    _certify(hdl, parent, cfg)
     return model
 
 
