@@ -104,7 +104,9 @@ def test_default_model_builds_to_an_all_rtl_partition_with_hdl(default_model, de
     fifos = json.loads((build_dir / "report" / "fifo_sizing.json").read_text())["fifo_depths"]
     assert len(fifos) == ops.count("StreamingFIFO_rtl") and set(fifos.values()) == {HwConfig().fifo_depth}
     assert (build_dir / "build.log").read_text().count("step_streamline") >= 1
-    assert sorted(p.name for p in (build_dir / "intermediate_models").glob("*.onnx"))
+    report = json.loads((build_dir / "report.json").read_text())
+    saved = {p.name for p in (build_dir / "intermediate_models").glob("[0-9][0-9]_step_*.onnx")}
+    assert saved == {f"{i + 1:02d}_{s['name']}.onnx" for i, s in enumerate(report["steps"])}
 
 
 def test_certificate_lists_integer_partition_and_host_scale(default_build):
@@ -147,10 +149,11 @@ def test_no_vivado_stops_with_exit_3_and_reuses_finished_steps(default_model, de
                                                                capsys):
     build_dir, _ = default_build
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no vivado, whatever the machine has
-    code = main(["build", "--model", str(default_model), "--no-progress"])
+    code = main(["build", "--model", str(default_model)])  # captured stderr is no terminal: no bar
     err = capsys.readouterr().err
     assert code == 3
-    message = err.strip().splitlines()[-1]
+    *steps, message = err.strip().splitlines()
+    assert [line.split()[-1] for line in steps] == ["reused"] * len(steps) and len(steps) >= 19, steps
     assert message.startswith("agq build: error: Stopped before the Vivado steps.")
     assert "Vivado 2022.2 or 2024.2" in message and "Pynq-Z2 board files" in message
     assert str(build_dir / "partition_hdl.onnx") in message
