@@ -131,3 +131,12 @@ def test_generator_state_round_trips_through_the_state_dict():
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert all(torch.equal(resumed.ssp.sample(0.0), m) for m in expected)
+
+
+def test_module_apply_still_reaches_every_submodule():
+    """nn.Module.apply(fn) on the objective must not hit an SSP method of the same name."""
+    cfg = tiny_config(ssp={"enabled": True})
+    objective = build_objective(build_model(cfg.model), cfg)
+    visited = []
+    objective.apply(visited.append)
+    assert objective.ssp in visited and objective.model in visited

@@ -81,7 +81,9 @@ class StochasticPrecision(nn.Module):
         draws = torch.rand(n, columns, generator=self.generator) >= delta
         return draws.expand(n, 2) if columns == 1 else draws
 
-    def apply(self, mask: torch.Tensor) -> None:
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Switch every fragment's quantizers as ``mask`` says (not named ``apply``: that is
+        ``nn.Module.apply``, which ``objective.apply(fn)`` calls on every submodule)."""
         for fragment, (weights, acts) in zip(self.fragments, mask.tolist(), strict=True):
             set_precision(fragment, weights=weights, acts=acts)
 
@@ -89,11 +91,11 @@ class StochasticPrecision(nn.Module):
     def sampled(self, progress: float) -> Iterator[torch.Tensor]:
         """Run the body with a freshly drawn precision, then quantize every fragment again."""
         mask = self.sample(progress)
-        self.apply(mask)
+        self.set_mask(mask)
         try:
             yield mask
         finally:
-            self.apply(torch.ones_like(mask))
+            self.set_mask(torch.ones_like(mask))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
