@@ -2,7 +2,8 @@
 
 Sharing pre-training: full-precision pre-training trains F alone and reads only the model, data and
 ``train.pretrain_*``/``seed`` keys, so every row of one (arch, seed) would pre-train identically. It runs
-once per (arch, seed) as its own run (``train.epochs = 0``); each row then starts from a copy of that
+once per (arch, seed) as its own run (``train.epochs = 0``); a row that changes pre-training itself
+(``ag.pretrain``) gets a pre-training of its own (``Row.pretrain``). Each row then starts from a copy of that
 run's ``last.pt`` (whole trainer state: weights, RNG, history) relabelled with the row's config, and
 ``training.loop.train(resume=True)`` continues straight into fine-tuning. The loop's exact resume makes
 this bit-identical to the row pre-training itself; :func:`_check_shareable` refuses any config difference
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from bench.rows import PRETRAIN, ROWS, Row, row
+from bench.rows import PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
 
 BASE_CONFIG = Path("configs/bench/mnist_deep.yaml")
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
@@ -37,7 +38,7 @@ ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "b
             "baseline.aux_losses": False}
 OWNER = ".owner"  # in the claims folder: pid of the running benchmark
 SSP_DECAY_FRACTION = 20 / 35  # the paper: delta reaches 0 at epoch 20 of 35
-QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2",
+QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2", "train.lr_milestones=[1.0]",
          "train.output_dir=runs/bench_quick"]
 
 
@@ -45,24 +46,25 @@ QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2",
 class Job:
     row: str  # a row name, or PRETRAIN
     seed: int
-    arch: str = "plain"
+    pre: str = "plain"  # PRETRAIN jobs: which pre-training (bench.rows.Row.pretrain: an arch or a row)
 
     @property
     def key(self) -> str:
-        return f"{PRETRAIN}_{self.arch}_s{self.seed}" if self.row == PRETRAIN else f"{self.row}_s{self.seed}"
+        return f"{PRETRAIN}_{self.pre}_s{self.seed}" if self.row == PRETRAIN else f"{self.row}_s{self.seed}"
 
 
 def jobs(seeds: int, ablation_seeds: int, rows: list[str] | None = None) -> list[Job]:
-    """Pre-training first, then the whole main table for seed 0, then the rows that carry the claim
-    (``Row.core``) for the other seeds, then the other main rows, then the ablations: a benchmark cut
-    short still holds a whole table and as many seeds as possible of the rows that matter most."""
+    """Pre-training first, then the rows that carry the claim (``Row.core``) for every seed, then the
+    other main rows, then the ablations (with their own pre-training where they need one): a benchmark
+    cut short still holds as many seeds as possible of the rows that matter most."""
     chosen = [row(name) for name in rows] if rows else list(ROWS)
-    runs = [r for r in chosen if r.name != "fp"]
-    archs = sorted({r.arch for r in chosen})
-    out = [Job(PRETRAIN, s, arch) for s in range(max(seeds, ablation_seeds)) for arch in archs]
-    out += [Job(r.name, 0) for r in runs if r.group == "main" and seeds]
+    runs = [r for r in chosen if r.name not in PRETRAINED_ONLY]
+    shared = sorted({r.pretrain for r in chosen if r.group == "main"})
+    own = sorted({r.pretrain for r in chosen if r.group == "ablation"} - set(shared))
+    out = [Job(PRETRAIN, s, pre) for s in range(max(seeds, ablation_seeds)) for pre in shared]
     for core in (True, False):
-        out += [Job(r.name, s) for s in range(1, seeds) for r in runs if r.group == "main" and r.core == core]
+        out += [Job(r.name, s) for s in range(seeds) for r in runs if r.group == "main" and r.core == core]
+    out += [Job(PRETRAIN, s, pre) for s in range(ablation_seeds) for pre in own]
     out += [Job(r.name, s) for s in range(ablation_seeds) for r in runs if r.group == "ablation"]
     return out
 
@@ -100,7 +102,10 @@ def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
 
     # through today's dataclasses, so that a key added since the pre-training counts with its default
     a, b = _flat(config_from_dict(pretrained).to_dict()), _flat(cfg)
-    bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(SHAREABLE)]
+    shareable = SHAREABLE
+    if a["ag.enabled"] and a["ag.pretrain"]:  # H was pre-trained too: the row must use that H
+        shareable = tuple(k for k in SHAREABLE if k != "ag.")
+    bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(shareable)]
     if bad:
         raise AgqError(f"cannot share pre-training: config key {bad[0]} differs")
 
@@ -120,7 +125,10 @@ class Runner:
 
         base = self.base.to_dict()
         if job.row == PRETRAIN:
-            sets = [f"name={job.key}", f"model.arch={job.arch}", f"train.seed={job.seed}", "train.epochs=0"]
+            own = job.pre not in ("plain", "residual")  # a row's own pre-training (see Row.pretrain)
+            overrides = row(job.pre).overrides if own else {"model.arch": job.pre}
+            sets = [f"{k}={json.dumps(v)}" for k, v in {**ROW_BASE, **overrides}.items()]
+            sets += [f"name={job.key}", f"train.seed={job.seed}", "train.epochs=0"]
         else:
             sets = row_overrides(row(job.row), job.seed, base)
         return load_config(self.base_path, [*self.extra, *sets])
@@ -151,7 +159,7 @@ class Runner:
             shutil.rmtree(cfg.run_dir, ignore_errors=True)
             train(cfg, progress=False)
         else:
-            pre = Job(PRETRAIN, job.seed, row(job.row).arch)
+            pre = Job(PRETRAIN, job.seed, row(job.row).pretrain)
             while not self.done(pre):  # another worker is pre-training it
                 time.sleep(5)
             last = cfg.run_dir / "last.pt"
@@ -165,6 +173,7 @@ class Runner:
         history = json.loads((cfg.run_dir / "metrics.json").read_text())
         final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
         record = {"row": job.row, "arch": cfg.model.arch, "seed": job.seed, "config": cfg.to_dict(),
+                  "pretrain": job.pre if job.row == PRETRAIN else row(job.row).pretrain,
                   "history": history, "final": final, "wall_s": round(time.perf_counter() - begin, 1),
                   "training_code_sha256": training_code_hash()}
         atomic_write_bytes(self.record_path(job), (json.dumps(record, indent=1) + "\n").encode())
@@ -203,7 +212,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     claims.mkdir(parents=True)
     (claims / OWNER).write_text(str(os.getpid()))
     spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),
-                       "todo": [[j.row, j.seed, j.arch] for j in todo]})
+                       "todo": [[j.row, j.seed, j.pre] for j in todo]})
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "bench.accuracy", spec, str(w)], env=env)
              for w in range(workers)]

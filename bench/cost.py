@@ -6,7 +6,8 @@ before the first step is the training-time memory of the step. The methods are m
 rounds (plain, AG, ... , plain, AG, ...) and the median over rounds is reported, because the machine is
 shared and a slow moment should hit every method alike. All methods see the same batch.
 
-It also checks whether the fused AG step (``ag.fused``) changes results: the same steps from the same
+``plain_ag`` is the one-pass design (the default), ``plain_ag_two_pass`` the paper text's. It also checks
+whether the fused two-pass AG step (``ag.fused``) changes results: the same steps from the same
 start with both settings, comparing the losses and F's weights afterwards.
 """
 
@@ -23,12 +24,15 @@ from typing import Any
 
 from bench.accuracy import BASE_CONFIG
 
+ONE_PASS = ["ag.enabled=true", "ag.design=one_pass"]
+TWO_PASS = ["ag.enabled=true", "ag.design=two_pass"]
 METHODS: dict[str, list[str]] = {
     "plain": [],
-    "plain_ag": ["ag.enabled=true"],
-    "plain_ag_fused": ["ag.enabled=true", "ag.fused=true"],
-    "plain_ag_ssp": ["ag.enabled=true", "ssp.enabled=true"],
-    "plain_ag_ssp_fused": ["ag.enabled=true", "ag.fused=true", "ssp.enabled=true"],
+    "plain_ag": ONE_PASS,
+    "plain_ag_two_pass": TWO_PASS,
+    "plain_ag_two_pass_fused": [*TWO_PASS, "ag.fused=true"],
+    "plain_ag_ssp": [*ONE_PASS, "ssp.enabled=true"],
+    "plain_ag_two_pass_ssp": [*TWO_PASS, "ssp.enabled=true"],
     "plain_kd": ["baseline.kd=true"],
     "plain_aux": ["baseline.aux_losses=true"],
     "residual": ["model.arch=residual"],
@@ -90,11 +94,11 @@ def fused_equality(batch: int, steps: int = 5) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     runs = {}
-    for name in ("plain_ag", "plain_ag_fused"):
+    for name in ("plain_ag_two_pass", "plain_ag_two_pass_fused"):
         objective, optimizer, x, y = _objective(METHODS[name], batch)
         losses = [_step(objective, optimizer, x, y) for _ in range(steps)]
         runs[name] = (losses, objective.deployable().state_dict())
-    (la, wa), (lb, wb) = runs["plain_ag"], runs["plain_ag_fused"]
+    (la, wa), (lb, wb) = runs["plain_ag_two_pass"], runs["plain_ag_two_pass_fused"]
     weight_diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if wa[k].numel())
     loss_diff = max(abs(a - b) for a, b in zip(la, lb, strict=True))
     return {"steps": steps, "max_loss_diff": loss_diff, "max_weight_diff": weight_diff,

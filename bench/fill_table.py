@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from bench.rows import ROWS, Row
+from bench.rows import PRETRAINED_ONLY, ROWS, Row
 
 
 def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
@@ -40,7 +40,7 @@ def row_of(cfg: dict[str, Any], base_epochs: int) -> str:
     factor = cfg["train"]["epochs"] // base_epochs if base_epochs else 1
     sig = signature(cfg)
     for r in ROWS:
-        if r.name != "fp" and _row_signature(r) == sig and r.epoch_factor == factor:
+        if r.name not in PRETRAINED_ONLY and _row_signature(r) == sig and r.epoch_factor == factor:
             return r.name
     raise AgqError(f"run {cfg['name']!r} fits no benchmark row (arch/AG/SSP/baseline = {sig}, "
                    f"{cfg['train']['epochs']} fine-tuning epochs vs {base_epochs})")

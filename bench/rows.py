@@ -3,8 +3,8 @@
 The main table follows the paper's Table 6 (plus KD, additional losses and a compute-matched plain run);
 the ablations follow Tables 4 (SSP fragment, with and without W/A) and 5 (blockwise vs layerwise AG).
 Every row shares the base config's model shape, data, pre-training and fine-tuning schedule; only the
-keys listed here differ. ``fp`` is not a fine-tuning run: it is the full-precision pre-trained plain
-network every plain row starts from, which has had fewer epochs than the others; ``plain_16bit`` is the
+keys listed here differ. ``fp`` and ``fp_residual`` are not fine-tuning runs: they are the full-precision
+pre-trained networks every plain (residual) row starts from; ``plain_16bit`` is the
 full-precision reference with the same epochs (fine-tuned at 16 bits, where quantization error is nil
 at this scale; the learned activation clip stays).
 """
@@ -32,40 +32,60 @@ class Row:
     def arch(self) -> str:
         return self.overrides.get("model.arch", "plain")
 
+    @property
+    def pretrain(self) -> str:
+        """Which shared pre-training the row starts from: its architecture's, or its own where the row
+        changes pre-training itself (AG in pre-training)."""
+        return self.name if self.overrides.get("ag.pretrain") else self.arch
 
-AG = {"ag.enabled": True}
-SSP = {"ssp.enabled": True}
+
+AG = {"ag.enabled": True, "ag.design": "one_pass"}
+AG2 = {"ag.enabled": True, "ag.design": "two_pass"}
+SSP = {"ssp.enabled": True, "ssp.weights_activations": True}  # blockdrop W/A: the paper's default
+RES = {"model.arch": "residual"}
 
 ROWS: tuple[Row, ...] = (
-    Row("fp", "full precision (plain, after pre-training only)", "main"),
+    Row("fp", "full precision plain (after pre-training only)", "main"),
+    Row("fp_residual", "full precision residual (after pre-training only)", "main"),
     Row("plain_16bit", "plain 16-bit W/A (full-precision reference, same epochs)", "main",
         {"model.weight_bits": 16, "model.act_bits": 16}),
-    Row("residual", "residual 2-bit", "main", {"model.arch": "residual"}, core=True),
-    Row("residual_ag", "residual + AG", "main", {"model.arch": "residual", **AG}),
-    Row("residual_ag_ssp", "residual + AG + SSP", "main", {"model.arch": "residual", **AG, **SSP}),
+    Row("residual", "residual 2-bit", "main", RES, core=True),
+    Row("residual_ag", "residual + AG (one pass)", "main", {**RES, **AG}),
+    Row("residual_ag_ssp", "residual + AG + SSP", "main", {**RES, **AG, **SSP}),
     Row("plain", "plain 2-bit", "main", core=True),
-    Row("plain_ag", "plain + AG", "main", AG, core=True),
-    Row("plain_ag_ssp", "plain + AG + SSP", "main", {**AG, **SSP}, core=True),
+    Row("plain_ag", "plain + AG (one pass)", "main", AG, core=True),
+    Row("plain_ag_two_pass", "plain + AG (two pass, own head, BN copied)", "main", AG2, core=True),
+    Row("plain_ag_ssp", "plain + AG (one pass) + SSP (blockdrop W/A)", "main", {**AG, **SSP}, core=True),
     Row("plain_kd", "plain + KD", "main", {"baseline.kd": True}),
     Row("plain_aux", "plain + additional losses", "main", {"baseline.aux_losses": True}),
-    Row("plain_2x", "plain, 2x fine-tuning epochs (AG's compute)", "main", epoch_factor=2, core=True),
-    Row("plain_ag_2x", "plain + AG, 2x fine-tuning epochs", "main", AG, epoch_factor=2),
-    Row("ag_layer", "plain + layerwise AG", "ablation", {**AG, "ag.granularity": "layer"}),
-    Row("ssp_layer", "plain + AG + SSP layerdrop", "ablation", {**AG, **SSP, "ssp.fragment": "layer"}),
-    Row("ssp_block_wa", "plain + AG + SSP blockdrop W/A", "ablation",
-        {**AG, **SSP, "ssp.weights_activations": True}),
-    Row("ssp_layer_wa", "plain + AG + SSP layerdrop W/A", "ablation",
-        {**AG, **SSP, "ssp.fragment": "layer", "ssp.weights_activations": True}),
+    Row("plain_2x", "plain, 2x fine-tuning epochs (AG's compute and more)", "main", epoch_factor=2,
+        core=True),
+    Row("ag_layer", "plain + layerwise AG (one pass)", "ablation", {**AG, "ag.granularity": "layer"}),
+    Row("ag_two_pass_shared", "plain + AG (two pass, F's head, fresh BN: the old design)", "ablation",
+        {**AG2, "ag.head": "shared", "ag.copy_bn": False}),
+    Row("ag_pretrain", "plain + AG (one pass), AG in pre-training too", "ablation",
+        {**AG, "ag.pretrain": True}),
+    Row("ssp_block", "plain + AG + SSP blockdrop", "ablation",
+        {**AG, **SSP, "ssp.weights_activations": False}),
+    Row("ssp_layer", "plain + AG + SSP layerdrop", "ablation",
+        {**AG, **SSP, "ssp.fragment": "layer", "ssp.weights_activations": False}),
+    Row("ssp_layer_wa", "plain + AG + SSP layerdrop W/A", "ablation", {**AG, **SSP, "ssp.fragment": "layer"}),
 )
 BY_NAME = {row.name: row for row in ROWS}
+PRETRAINED_ONLY = ("fp", "fp_residual")  # rows read from pre-training records, never trained themselves
 
 # Ablation tables: (title, [(row name, label in that table)]) - rows of the main table are reused.
 ABLATIONS = (
-    ("SSP fragment (paper Table 4), on plain + AG", [
-        ("plain_ag", "no SSP"), ("plain_ag_ssp", "blockdrop"), ("ssp_block_wa", "blockdrop W/A"),
+    ("SSP fragment (paper Table 4), on plain + AG (one pass)", [
+        ("plain_ag", "no SSP"), ("ssp_block", "blockdrop"), ("plain_ag_ssp", "blockdrop W/A"),
         ("ssp_layer", "layerdrop"), ("ssp_layer_wa", "layerdrop W/A")]),
     ("AG granularity (paper Table 5), plain, no SSP", [
         ("plain", "no AG"), ("plain_ag", "blockwise AG"), ("ag_layer", "layerwise AG")]),
+    ("AG design, plain, no SSP", [
+        ("plain", "no AG"), ("plain_ag", "one pass (authors' code)"),
+        ("plain_ag_two_pass", "two pass, own head, BN copied (paper text, fixed)"),
+        ("ag_two_pass_shared", "two pass, F's head, fresh BN (agq's old design)"),
+        ("ag_pretrain", "one pass, AG in pre-training too")]),
 )
 
 

@@ -17,7 +17,7 @@ from agq.errors import AgqError
 from bench.rows import ABLATIONS, BY_NAME, PRETRAIN, ROWS
 
 METRIC = "test_F_top1"
-FIG3_ROWS = ("plain", "plain_ag", "plain_ag_ssp")
+FIG3_ROWS = ("plain", "plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "residual")
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
@@ -40,8 +40,12 @@ def final_value(record: dict[str, Any], phase: str = "finetune", metric: str = M
     return values[-1] if values else None
 
 
+FP_ROWS = {"plain": "fp", "residual": "fp_residual"}  # pre-training -> the row of its FP network
+
+
 def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[int, float]]:
-    """{row: {seed: final fine-tuned value}}; the ``fp`` row is the plain network after pre-training."""
+    """{row: {seed: final fine-tuned value}}; ``fp`` (``fp_residual``) is the plain (residual) network
+    after its shared pre-training, read from any record that started from it."""
     table: dict[str, dict[int, float]] = {}
     for record in records:
         name, seed = record["row"], int(record["seed"])
@@ -51,17 +55,24 @@ def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, d
             value = final_value(record, "finetune", metric)
             if value is not None:
                 table.setdefault(name, {})[seed] = value
-        if record.get("arch", "plain") == "plain" and metric.startswith("test_F"):
+        pre = record.get("pretrain") or (
+            record.get("arch", "plain") if name == PRETRAIN else BY_NAME[name].pretrain)
+        if pre in FP_ROWS and metric.startswith("test_F"):
             value = final_value(record, "pretrain", metric)
             if value is not None:
-                table.setdefault("fp", {}).setdefault(seed, value)
+                table.setdefault(FP_ROWS[pre], {}).setdefault(seed, value)
     return table
 
 
 def summarize(values: dict[int, float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n - 1; None for a single seed) over seeds."""
+    """Mean, sample standard deviation (n - 1) and the half-width of the 95 % confidence interval of the
+    mean (Student's t, n - 1 degrees of freedom) over seeds; std and ci95 are None for a single seed."""
+    from scipy.stats import t
+
     xs = [values[s] for s in sorted(values)]
-    return {"n": len(xs), "mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
+    std = statistics.stdev(xs) if len(xs) > 1 else None
+    ci95 = None if std is None else float(t.ppf(0.975, len(xs) - 1)) * std / len(xs) ** 0.5
+    return {"n": len(xs), "mean": statistics.fmean(xs), "std": std, "ci95": ci95,
             "seeds": sorted(values), "values": xs}
 
 
@@ -75,10 +86,13 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 # (a, b): a - b per seed; both runs of a seed start from the same pre-trained weights
-PAIRS = (("residual", "plain"), ("plain_ag", "plain"), ("plain_ag_ssp", "plain"),
-         ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_2x"), ("plain_ag_2x", "plain_2x"),
-         ("residual_ag", "residual"), ("residual_ag_ssp", "residual"), ("plain_kd", "plain"),
-         ("plain_aux", "plain"))
+PAIRS = (("residual", "plain"), ("plain_ag", "plain"), ("plain_ag_two_pass", "plain"),
+         ("plain_ag_ssp", "plain"), ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_ag_two_pass"),
+         ("plain_2x", "plain"), ("plain_ag", "plain_2x"), ("plain_ag_ssp", "plain_2x"),
+         ("residual", "plain_ag_ssp"), ("residual_ag", "residual"), ("residual_ag_ssp", "residual"),
+         ("plain_kd", "plain"), ("plain_aux", "plain"), ("ag_layer", "plain_ag"),
+         ("ag_two_pass_shared", "plain"), ("ag_pretrain", "plain_ag"), ("ssp_block", "plain_ag"),
+         ("ssp_layer", "plain_ag"), ("ssp_layer_wa", "plain_ag"))
 
 
 def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,7 +106,8 @@ def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-GAP_METHODS = ("plain_ag", "plain_ag_ssp", "plain_kd", "plain_aux", "plain_2x", "plain_ag_2x")
+GAP_METHODS = ("plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_aux", "plain_2x",
+               "ag_layer", "ag_two_pass_shared", "ag_pretrain", "ssp_block", "ssp_layer", "ssp_layer_wa")
 
 
 def gap_recovered(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
@@ -114,6 +129,12 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.2f}{std}"
 
 
+def _interval(entry: dict[str, Any]) -> str:
+    if entry.get("ci95") is None:
+        return "-"
+    return f"[{entry['mean'] - entry['ci95']:+.2f}, {entry['mean'] + entry['ci95']:+.2f}]"
+
+
 Stats = dict[str, dict[str, Any]]
 
 
@@ -122,7 +143,7 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
     lines = [f"## {title}", "", "| method | top-1 % (F) | top-5 % (F) | top-1 % (H) | seeds |",
              "|---|---|---|---|---|"]
     for row in ROWS:
-        if row.group == "main" and row.name in stats:
+        if row.group == "main" and row.name in stats and "test_F_top1" in stats[row.name]:
             s = stats[row.name]
             lines.append(f"| {row.label} | {_cell(s.get('test_F_top1'))} | {_cell(s.get('test_F_top5'))} | "
                          f"{_cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
@@ -134,8 +155,8 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
                   for m, g in present.items()]
     if pairs:
         lines += ["", "### Paired differences (same seed, same pre-trained start), top-1 points", "",
-                  "| difference | mean ± std | per seed |", "|---|---|---|"]
-        lines += [f"| {name} | {_cell(p)} | {', '.join(f'{v:+.2f}' for v in p['values'])} |"
+                  "| difference | mean ± std | 95 % CI of the mean | per seed |", "|---|---|---|---|"]
+        lines += [f"| {name} | {_cell(p)} | {_interval(p)} | {', '.join(f'{v:+.2f}' for v in p['values'])} |"
                   for name, p in pairs.items()]
     for title_, entries in ABLATIONS:
         present = [(n, label, stats[n][METRIC]) for n, label in entries if n in stats]

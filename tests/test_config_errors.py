@@ -41,6 +41,10 @@ def written(tmp_path) -> list[str]:
     ("model.act_bits=0", ("model.act_bits=0", "1..16")),
     ("model.first_last_bits=32", ("model.first_last_bits=32",)),
     ("ag.lam=-0.5", ("ag.lam=-0.5", ">= 0")),
+    ("ag.design=three_pass", ("ag.design='three_pass'", "one_pass", "two_pass")),
+    ("ag.head=shared", ("ag.head=shared", "one_pass", "ag.design=two_pass")),
+    ("ag.fused=true", ("ag.fused=true", "two_pass")),
+    ("model.weight_clamp=round", ("model.weight_clamp='round'", "ste")),
     ("ssp.delta_start=1.5", ("ssp.delta_start=1.5", "[0, 1]")),
     ("ssp.delta_start=-0.1", ("ssp.delta_start=-0.1",)),
     ("model.image_size=28", ("image_size", "digits", "1x8x8")),
@@ -49,6 +53,12 @@ def written(tmp_path) -> list[str]:
 def test_bad_config_values(capsys, tmp_path, assignment, needles):
     code, err = agq_train(capsys, tmp_path, "--set", assignment)
     assert_one_line_error(code, err, *needles)
+    assert written(tmp_path) == []
+
+
+def test_ag_in_pretraining_needs_pretraining(capsys, tmp_path):
+    code, err = agq_train(capsys, tmp_path, "--set", "ag.pretrain=true", "--set", "train.pretrain_epochs=0")
+    assert_one_line_error(code, err, "ag.pretrain=true", "train.pretrain_epochs=0")
     assert written(tmp_path) == []
 
 

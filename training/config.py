@@ -36,6 +36,9 @@ class ModelConfig:
     act_bits: int = 2
     first_last_bits: int = 16
     act_max_init: float = 2.0
+    # Brevitas picks a plain clamp for learned-scale weight quantizers, so weights beyond the clamp get no
+    # gradient; "ste" swaps in Brevitas' own straight-through clamp (training/quant.py).
+    weight_clamp: Literal["ste", "clamp"] = "ste"
 
     def validate(self) -> None:
         for key in ("weight_bits", "act_bits", "first_last_bits"):
@@ -60,16 +63,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AGConfig:
-    """Auxiliary Gradient module: one adaptor per block (``block``) or per conv layer (``layer``)."""
+    """Auxiliary Gradient module (training/ag.py): one adaptor per block (``block``) or per conv layer
+    (``layer``). ``design``: ``one_pass`` taps F's own forward (the authors' code), ``two_pass`` runs H as a
+    second forward of F's chain with private BN (the paper's text). ``head``: H's own full-precision
+    classifier, or F's quantized head (``shared``, two_pass only). ``copy_bn``: two_pass H's private BN
+    starts as a copy of F's (pre-trained) BN. ``pretrain``: train H with F during pre-training too."""
 
     enabled: bool = True
+    design: Literal["one_pass", "two_pass"] = "one_pass"
     granularity: Literal["block", "layer"] = "block"
     lam: float = 1.0
-    fused: bool = False  # one pass over F's and H's batches stacked (training.ag.joint); same loss
+    head: Literal["own", "shared"] = "own"
+    copy_bn: bool = True
+    pretrain: bool = False
+    fused: bool = False  # two_pass: F and H over the two batches stacked (training.ag_two_pass); same loss
 
     def validate(self) -> None:
-        if self.lam < 0:
-            raise AgqError(f"config ag.lam={self.lam}: lambda must be >= 0")
+        if not self.lam >= 0:  # also refuses NaN
+            raise AgqError(f"config ag.lam={self.lam}: lambda must be a number >= 0")
+        if self.design == "one_pass" and self.head == "shared":
+            raise AgqError("config ag.head=shared: the one_pass design has only its own full-precision "
+                           "classifier (ag.head=own); use ag.design=two_pass for F's head")
+        if self.design == "one_pass" and self.fused:
+            raise AgqError("config ag.fused=true: fusing is a two_pass option (one_pass is a single pass "
+                           "already); set ag.fused=false")
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     pretrain_weight_decay: float = 0.0
+    # full-precision pre-training clips every activation at model.act_max_init, the clip that the
+    # quantized fine-tuning starts from, so fine-tuning starts from the network it quantizes
+    pretrain_act_clip: bool = True
     lr_milestones: list[float] = field(default_factory=lambda: [25 / 35, 30 / 35])
     lr_gamma: float = 0.1
     seed: int = 0
@@ -174,6 +194,9 @@ class Config:
             raise AgqError(f"config name={self.name!r}: must be a non-empty file name")
         for part in (self.model, self.ag, self.ssp, self.baseline, self.data, self.train):
             part.validate()
+        if self.ag.enabled and self.ag.pretrain and self.train.pretrain_epochs == 0:
+            raise AgqError("config ag.pretrain=true needs pre-training, but train.pretrain_epochs=0; "
+                           "set ag.pretrain=false or train.pretrain_epochs >= 1")
         if self.ssp.enabled and 0 < self.train.epochs < self.ssp.decay_epochs:
             raise AgqError(
                 f"config ssp.decay_epochs={self.ssp.decay_epochs} exceeds train.epochs={self.train.epochs}: "

@@ -1,8 +1,11 @@
 """``agq train``: full-precision pre-training of F, then quantized fine-tuning through the objective.
 
-Phase ``pretrain``: F alone, every quantizer off (training.precision.full_precision), SGD with momentum at
-``train.pretrain_lr`` with a per-step cosine decay (the paper only says "pre-trained"; cosine is our choice),
-weight decay ``train.pretrain_weight_decay``, cross-entropy.
+Phase ``pretrain``: F alone (F + H with ``ag.pretrain``), every quantizer off
+(training.precision.full_precision) and, with ``train.pretrain_act_clip``, every activation clipped at
+``model.act_max_init`` (the range fine-tuning quantizes), SGD with momentum at ``train.pretrain_lr`` with a
+per-step cosine decay (the paper only says "pre-trained"; cosine is our choice), weight decay
+``train.pretrain_weight_decay``, cross-entropy (+ lambda CE(H)). H's parameters pre-trained this way are
+carried into fine-tuning.
 
 Phase ``finetune``: the training objective (F plus AG / SSP / baseline parts, training/objective.py), Adam
 at ``train.lr`` (weight decay ``train.weight_decay``), ``MultiStepLR`` dividing by 10 at the paper's
@@ -24,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from training.data import Splits, load_splits
 from training.distributed import Cluster, cluster
 from training.metrics import MetricsLog, accuracy
 from training.models import QuantCNN, build_model
-from training.precision import full_precision
+from training.precision import clipped_activations, full_precision
 from training.resume import resume_state, rng_state, set_rng_state
 
 EVAL_BATCH = 500
@@ -132,6 +135,7 @@ class _Run:
         self.model: QuantCNN = build_model(cfg.model).to(node.device)
         self.log = MetricsLog(cfg.run_dir)
         self.last = cfg.run_dir / "last.pt"
+        self.pretrained_ag: dict[str, Any] | None = None  # H's state after pre-training with ag.pretrain
 
     def execute(self, resume: bool) -> Path:
         if not self.cfg.train.epochs and not self.cfg.train.pretrain_epochs:
@@ -150,37 +154,46 @@ class _Run:
     # --- phases --------------------------------------------------------------------------------------
 
     def _pretrain(self, state: dict[str, Any] | None) -> None:
-        tcfg, model = self.cfg.train, self.model
-        _load_state(model, state)
-        optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.pretrain_lr, momentum=tcfg.momentum,
+        from training.objective import build_pretrain_objective
+
+        cfg, tcfg, model = self.cfg, self.cfg.train, self.model
+        with_ag = cfg.ag.enabled and cfg.ag.pretrain
+        module: nn.Module = build_pretrain_objective(model, cfg).to(self.node.device) if with_ag else model
+        _load_state(module, state)
+        optimizer = torch.optim.SGD(module.parameters(), lr=tcfg.pretrain_lr, momentum=tcfg.momentum,
                                     weight_decay=tcfg.pretrain_weight_decay)
         steps = max(1, tcfg.pretrain_epochs * len(self.batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         start = _restore_trainer(state, optimizer, scheduler)
-        net = self.node.wrap(model)
+        net = self.node.wrap(module)
 
         def step(x: torch.Tensor, y: torch.Tensor, _: float) -> torch.Tensor:
-            loss = F.cross_entropy(net(x), y)
+            loss = net(x, y, 0.0)[0] if with_ag else F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             return loss.detach()
 
-        with full_precision(model):
+        clip = clipped_activations(model, cfg.model.act_max_init) if tcfg.pretrain_act_clip else nullcontext()
+        with full_precision(model), clip:
             for epoch in range(start, tcfg.pretrain_epochs):
-                model.train()
+                module.train()
                 row = self._epoch("pretrain", epoch, tcfg.pretrain_epochs, step, optimizer)
-                self.node.share_buffers(model)
-                model.eval()
-                row |= self._evaluate(lambda x: {"F": model(x)})
-                self._end_epoch(row, model, model.state_dict(), optimizer, scheduler)
+                self.node.share_buffers(module)
+                module.eval()
+                row |= self._evaluate(module.evaluate if with_ag else lambda x: {"F": model(x)})
+                self._end_epoch(row, module, model.state_dict(), optimizer, scheduler)
+        if with_ag:
+            self.pretrained_ag = module.ag.state_dict()
 
     def _finetune(self, state: dict[str, Any] | None) -> nn.Module:
         from training.objective import build_objective
 
         tcfg, model = self.cfg.train, self.model
         objective = build_objective(model, self.cfg).to(self.node.device)
+        if self.pretrained_ag is not None:  # H as pre-trained with F (a resumed fine-tuning state wins)
+            objective.ag.load_state_dict(self.pretrained_ag)
         _load_state(objective, state)
         optimizer = torch.optim.Adam(objective.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(

@@ -37,7 +37,7 @@ class PreActConv(nn.Module):
         self.act = QuantReLU(act_quant=act_quant(cfg.act_bits, cfg.act_max_init))
         self.conv = QuantConv2d(
             cin, cout, cfg.kernel_size, stride=stride, padding=cfg.kernel_size // 2, bias=False,
-            weight_quant=weight_quant(cfg.weight_bits, wide=False),
+            weight_quant=weight_quant(cfg.weight_bits, wide=False, clamp=cfg.weight_clamp),
         )
 
     def forward(self, x: torch.Tensor, bn: nn.Module | None = None) -> torch.Tensor:
@@ -64,7 +64,7 @@ class Block(nn.Module):
             if stride != 1 or cin != cout:
                 self.shortcut = QuantConv2d(
                     cin, cout, 1, stride=stride, bias=False,
-                    weight_quant=weight_quant(cfg.weight_bits, wide=False),
+                    weight_quant=weight_quant(cfg.weight_bits, wide=False, clamp=cfg.weight_clamp),
                 )
 
     def layer_outputs(self, x: torch.Tensor, bns: Sequence[nn.Module] | None = None) -> list[torch.Tensor]:
@@ -120,18 +120,24 @@ class QuantCNN(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(cin, size, cfg)
 
-    def layer_outputs(
+    def features(
         self, x: torch.Tensor, bns: Sequence[Sequence[nn.Module]] | None = None
-    ) -> list[list[torch.Tensor]]:
-        """Per block, every conv layer's output (see :meth:`Block.layer_outputs`), optionally with
-        other BatchNorm layers (H's): ``bns[i][j]`` replaces the BN of layer j in block i."""
-        out = self.stem(x)
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """The stem's output and, per block, every conv layer's output (see :meth:`Block.layer_outputs`),
+        optionally with other BatchNorm layers (H's): ``bns[i][j]`` replaces the BN of layer j in block i."""
+        stem = out = self.stem(x)
         outputs = []
         for i, block in enumerate(self.blocks):
             layers = block.layer_outputs(out, None if bns is None else bns[i])
             outputs.append(layers)
             out = layers[-1]
-        return outputs
+        return stem, outputs
+
+    def layer_outputs(
+        self, x: torch.Tensor, bns: Sequence[Sequence[nn.Module]] | None = None
+    ) -> list[list[torch.Tensor]]:
+        """Per block, every conv layer's output (see :meth:`features`)."""
+        return self.features(x, bns)[1]
 
     def block_outputs(
         self, x: torch.Tensor, bns: Sequence[Sequence[nn.Module]] | None = None

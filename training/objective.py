@@ -1,7 +1,8 @@
 """The fine-tuning objective: F plus whatever training adds (AG's H, SSP, KD teacher, additional losses).
 
-The loop builds it once after full-precision pre-training, optimises ``objective.parameters()`` and
-calls, per step::
+The loop builds it once after full-precision pre-training (and, with ``ag.pretrain``, an AG-only one for
+pre-training: :func:`build_pretrain_objective`), optimises ``objective.parameters()`` and calls, per
+step::
 
     loss, logits = objective(x, y, progress)   # progress = fractional fine-tuning epoch
     loss.backward(); optimizer.step()
@@ -23,8 +24,8 @@ gradient. That factor only rescales the shared weights' gradient, which Adam's p
 normalisation cancels (up to its epsilon, and without weight decay); leaving it out keeps the gradient of
 every parameter exactly that of the returned loss, which is what the tests check. With SSP, one mask is
 drawn per step and F and H both run with it: H's low-precision path *is* F's modules, so H sees the F of
-this step. ``ag.fused`` computes F and H in one pass over the stacked batch (:meth:`AuxiliaryGradientModule.
-joint`): same logits, BN statistics and loss, gradients equal up to float summation order. Under
+this step. How H is computed (one pass or two, its classifier, its BN) is ``ag.design`` (training/ag.py).
+Under
 DistributedDataParallel, SSP leaves the scales of the quantizers it switches off without gradient in a
 step: wrap with ``find_unused_parameters=True``.
 """
@@ -38,7 +39,7 @@ import torch.nn.functional as tf
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer as QuantWBIOL
 from torch import nn
 
-from training.ag import AuxiliaryGradientModule
+from training.ag import build_ag
 from training.baselines import AdditionalLosses, Distillation
 from training.config import Config
 from training.models import QuantCNN
@@ -49,12 +50,14 @@ from training.ssp import StochasticPrecision
 class TrainingObjective(nn.Module):
     """F as ``.model`` and the training-only parts as optional submodules ``ag``, ``ssp``, ``kd``, ``aux``."""
 
-    def __init__(self, model: QuantCNN, cfg: Config) -> None:
+    def __init__(self, model: QuantCNN, cfg: Config, pretraining: bool = False) -> None:
         super().__init__()
         self.model = model
         self.lam = cfg.ag.lam
-        self.fused = cfg.ag.enabled and cfg.ag.fused
-        self.ag = AuxiliaryGradientModule(model, cfg.ag.granularity) if cfg.ag.enabled else None
+        self.ag = build_ag(model, cfg.ag) if cfg.ag.enabled else None
+        self.ssp = self.kd = self.aux = None
+        if pretraining:  # F's quantizers stay as the pre-training loop sets them; no SSP or baseline
+            return
         self.ssp = StochasticPrecision(model, cfg.ssp, cfg.train.seed) if cfg.ssp.enabled else None
         base = cfg.baseline
         self.kd = Distillation(model, base.kd_temperature, base.kd_beta) if base.kd else None
@@ -71,14 +74,7 @@ class TrainingObjective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         precision = contextlib.nullcontext() if self.ssp is None else self.ssp.sampled(progress)
         with precision:
-            if self.fused:
-                outputs, f_logits, h_logits = self.ag.joint(self.model, x)
-                logits = {"F": f_logits, "H": h_logits}
-            else:
-                outputs = self.model.block_outputs(x)
-                logits = {"F": self.model.head(outputs[-1])}
-                if self.ag is not None:
-                    logits["H"] = self.ag(self.model, x)
+            outputs, logits = self._logits(x)
         loss = tf.cross_entropy(logits["F"], y)
         if self.ag is not None:
             loss = loss + self.lam * tf.cross_entropy(logits["H"], y)
@@ -88,13 +84,19 @@ class TrainingObjective(nn.Module):
             loss = loss + self.aux.loss(outputs, y)
         return loss, logits
 
+    def _logits(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """F's block outputs and the logits of F (and H)."""
+        if self.ag is None:
+            outputs = self.model.block_outputs(x)
+            return outputs, {"F": self.model.head(outputs[-1])}
+        outputs, f_logits, h_logits = self.ag.run(self.model, x)
+        return outputs, {"F": f_logits, "H": h_logits}
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits of the fully quantized F (and of H with AG); the caller chooses train()/eval()."""
-        logits = {"F": self.model(x)}
-        if self.ag is not None:
-            logits["H"] = self.ag(self.model, x)
-        return logits
+        """Logits of F as it stands (fully quantized after fine-tuning steps) and of H with AG; the caller
+        chooses train()/eval()."""
+        return self._logits(x)[1]
 
     def deployable(self) -> QuantCNN:
         """F alone (fully quantized): the network that is exported; nothing of H, KD or aux is in it."""
@@ -117,3 +119,10 @@ def init_weight_scales(model: QuantCNN) -> None:
 def build_objective(model: QuantCNN, cfg: Config) -> TrainingObjective:
     """The fine-tuning objective for F as ``cfg`` (ag, ssp, baseline sections) asks."""
     return TrainingObjective(model, cfg)
+
+
+def build_pretrain_objective(model: QuantCNN, cfg: Config) -> TrainingObjective:
+    """F + H for full-precision pre-training with ``ag.pretrain`` (the authors train their booster then
+    too): AG only, F's quantizers and lazily initialised scales left alone (the loop runs it inside
+    :func:`training.precision.full_precision`)."""
+    return TrainingObjective(model, cfg, pretraining=True)

@@ -2,7 +2,9 @@
 
 Used by full-precision pre-training (everything off), by SSP (fragments off at random) and by tests.
 No module is swapped or copied: a disabled QuantReLU still applies its ReLU, a disabled QuantConv uses
-its float weight.
+its float weight. :func:`clipped_activations` adds the one thing Brevitas has no switch for: a
+full-precision activation clipped at the range its quantizer will start from (written by hand as a
+forward hook on each QuantReLU).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from brevitas.nn import QuantReLU
 from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjectorBase
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from torch import nn
@@ -46,3 +49,17 @@ def full_precision(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, state in zip(proxies, before, strict=True):
             p.disable_quant = state
+
+
+@contextmanager
+def clipped_activations(module: nn.Module, max_val: float) -> Iterator[nn.Module]:
+    """Clip every QuantReLU's output at ``max_val`` while the body runs (gradient 0 above the clip, as a
+    clipped ReLU): full-precision pre-training then trains the network that quantized fine-tuning starts
+    from, whose k-bit activation quantizers start with the range [0, max_val] (``model.act_max_init``)."""
+    handles = [sub.register_forward_hook(lambda _m, _i, out: out.clamp(max=max_val))
+               for sub in module.modules() if isinstance(sub, QuantReLU)]
+    try:
+        yield module
+    finally:
+        for handle in handles:
+            handle.remove()

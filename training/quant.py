@@ -9,12 +9,18 @@ line. The choices are dictated by what FINN can turn into integer-only RTL on a 
   threshold at half the mean magnitude); FINN folds per-channel scales into the next thresholds;
 * the 16-bit first conv and last FC use a per-tensor max-scaled quantizer: the last FC's scale times the
   last activation scale is then one scalar, the logit scale that stays on the host;
+* low-bit weights use Brevitas' straight-through clamp (``TensorClampSte``) by default: Brevitas solves a
+  learned-scale quantizer to a plain ``TensorClamp``, which gives every weight beyond the clamp (about a
+  quarter of the ternary weights after pre-training, bench/results/zero_grad.json) a zero gradient, so
+  they could never move back; with the STE clamp the scale still learns (LSQ-style), and
+  ``model.weight_clamp: clamp`` restores Brevitas' default;
 * activations are unsigned k-bit with a learned per-tensor scale (PACT-like), which FINN turns into
   MultiThreshold nodes together with the preceding BatchNorm.
 """
 
 from __future__ import annotations
 
+from brevitas.core.function_wrapper import TensorClamp, TensorClampSte
 from brevitas.inject.enum import ScalingImplType, StatsOp
 from brevitas.quant.base import NarrowIntQuant, PerChannelFloatScaling8bit
 from brevitas.quant.scaled_int import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxInit
@@ -39,10 +45,15 @@ class LowBitActQuant(Uint8ActPerTensorFloatMaxInit):
     """Unsigned k-bit activations with a learned per-tensor scale initialised from ``max_val``."""
 
 
-def weight_quant(bits: int, wide: bool) -> type:
-    """The weight quantizer for a layer: ``wide`` marks the first conv and the last FC."""
-    base = WideWeightQuant if wide else LowBitWeightQuant
-    return base.let(bit_width=bits)
+CLAMPS = {"ste": TensorClampSte, "clamp": TensorClamp}
+
+
+def weight_quant(bits: int, wide: bool, clamp: str = "ste") -> type:
+    """The weight quantizer for a layer: ``wide`` marks the first conv and the last FC (max-scaled, so
+    nothing is ever clamped); ``clamp`` ("ste" or "clamp") is the low-bit weights' clamp."""
+    if wide:
+        return WideWeightQuant.let(bit_width=bits)
+    return LowBitWeightQuant.let(bit_width=bits, tensor_clamp_impl=CLAMPS[clamp])
 
 
 def act_quant(bits: int, max_val: float) -> type:
