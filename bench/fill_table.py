@@ -18,8 +18,9 @@ from bench.rows import PRETRAINED_ONLY, ROWS, Row
 def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
     """What tells the rows apart, from a config dict (settings of switched-off parts do not count)."""
     ag, ssp, base = cfg["ag"], cfg["ssp"], cfg["baseline"]
+    ag_keys = ("design", "granularity", "head", "copy_bn", "pretrain")
     return (cfg["model"]["arch"], cfg["model"]["weight_bits"], cfg["model"]["act_bits"],
-            ag["granularity"] if ag["enabled"] else None,
+            tuple(ag.get(k) for k in ag_keys) if ag["enabled"] else None,
             (ssp["fragment"], ssp["weights_activations"]) if ssp["enabled"] else None,
             base["kd"], base["aux_losses"])
 

@@ -13,7 +13,7 @@ from agq.errors import AgqError
 from bench import accuracy, table
 from bench.accuracy import PRETRAIN, Job, Runner, jobs
 from bench.fill_table import row_of
-from bench.rows import ROWS, row
+from bench.rows import PRETRAINED_ONLY, ROWS, row
 from training.config import Config, load_config
 
 DIGITS = "configs/digits_tiny.yaml"
@@ -59,22 +59,24 @@ def test_records_folder_with_a_broken_record_is_an_error(tmp_path):
         table.load_records(tmp_path)
 
 
-def test_job_order_pretrains_first_then_seed_0_then_the_core_rows():
+def test_job_order_pretrains_first_then_the_core_rows_of_every_seed():
     keys = [j.key for j in jobs(2, 1)]
     assert keys[:4] == ["pretrain_plain_s0", "pretrain_residual_s0", "pretrain_plain_s1",
                         "pretrain_residual_s1"]
-    main_rows = [r.name for r in ROWS if r.group == "main" and r.name != "fp"]
-    core = [r.name for r in ROWS if r.core]
-    assert keys[4:4 + len(main_rows)] == [f"{n}_s0" for n in main_rows]
-    assert keys[4 + len(main_rows):4 + len(main_rows) + len(core)] == [f"{n}_s1" for n in core]
-    assert keys[-1] == "ssp_layer_wa_s0" and "ag_layer_s1" not in keys
-    assert len(keys) == len(set(keys)) == 4 + 2 * len(main_rows) + 4
+    trained = [r for r in ROWS if r.name not in PRETRAINED_ONLY]
+    core = [r.name for r in trained if r.core]
+    other = [r.name for r in trained if r.group == "main" and not r.core]
+    ablations = [r.name for r in trained if r.group == "ablation"]
+    expected = [f"{n}_s{s}" for s in (0, 1) for n in core] + [f"{n}_s{s}" for s in (0, 1) for n in other]
+    assert keys[4:4 + len(expected)] == expected
+    # ablations: one seed, after the pre-training of their own that AG-in-pre-training needs
+    assert keys[4 + len(expected):] == ["pretrain_ag_pretrain_s0", *(f"{n}_s0" for n in ablations)]
 
 
 def test_every_row_is_a_valid_config_and_maps_back_to_itself():
     base = load_config(accuracy.BASE_CONFIG)
     for r in ROWS:
-        if r.name == "fp":
+        if r.name in PRETRAINED_ONLY:
             continue
         cfg = load_config(accuracy.BASE_CONFIG, accuracy.row_overrides(r, 1, base.to_dict()))
         assert cfg.train.seed == 1 and cfg.train.epochs == base.train.epochs * r.epoch_factor
@@ -96,24 +98,44 @@ def test_shared_pretraining_refuses_a_model_difference():
     other["model"]["widths"] = [8, 8, 8]
     with pytest.raises(AgqError, match=r"model\.widths"):
         accuracy._check_shareable(cfg, other)
+    pretrained_h = json.loads(json.dumps(cfg))
+    pretrained_h["ag"] |= {"enabled": True, "pretrain": True}
+    row_cfg = json.loads(json.dumps(pretrained_h))
+    accuracy._check_shareable(pretrained_h, row_cfg)
+    row_cfg["ag"]["granularity"] = "layer"  # H was pre-trained: its shape must not change
+    with pytest.raises(AgqError, match=r"ag\.granularity"):
+        accuracy._check_shareable(pretrained_h, row_cfg)
 
 
-def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path):
+def test_paired_difference_has_a_student_t_interval():
+    records = [record("plain", s, [v]) for s, v in enumerate([90.0, 91.0, 95.0])]
+    records += [record("plain_ag", s, [v]) for s, v in enumerate([91.0, 93.0, 96.0])]
+    diff = table.paired(records)["plain_ag - plain"]
+    assert diff["values"] == [1.0, 2.0, 1.0] and diff["std"] == pytest.approx(0.57735, abs=1e-5)
+    assert diff["ci95"] == pytest.approx(4.302653 * 0.57735 / 3 ** 0.5, abs=1e-4)  # t(0.975, 2 dof)
+    assert "[-0.10, +2.77]" in table.markdown(table.summary(records), "t", table.paired(records))
+
+
+@pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
+def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
     from training.checkpoint import load_checkpoint
     from training.loop import train
 
     extra = [f"train.output_dir={tmp_path / 'shared'}", "train.pretrain_epochs=1", "train.epochs=2"]
     runner = Runner(tmp_path / "records", extra, base=DIGITS)
     runner.records.mkdir()
-    runner.run(Job(PRETRAIN, 0, "plain"))
-    shared = runner.run(Job("plain_ag_ssp", 0))
+    assert row(name).pretrain == pre
+    runner.run(Job(PRETRAIN, 0, pre))
+    shared = runner.run(Job(name, 0))
     alone_cfg = load_config(DIGITS, [*extra, f"train.output_dir={tmp_path / 'alone'}",
-                                     *accuracy.row_overrides(row("plain_ag_ssp"), 0, runner.base.to_dict())])
+                                     *accuracy.row_overrides(row(name), 0, runner.base.to_dict())])
     alone = train(alone_cfg, progress=False)
     drop = ("time_s", "eval_s", "cpu_s")
     strip = [{k: v for k, v in h.items() if k not in drop} for h in shared["history"]]
     assert strip == [{k: v for k, v in h.items() if k not in drop}
                      for h in json.loads((alone.parent / "metrics.json").read_text())]
-    a = load_checkpoint(runner.config(Job("plain_ag_ssp", 0)).run_dir / "checkpoint.pt")["model"]
+    if pre == "ag_pretrain":  # H was trained in pre-training: its accuracy is in the pre-training epoch
+        assert shared["history"][0]["phase"] == "pretrain" and "test_H_top1" in shared["history"][0]
+    a = load_checkpoint(runner.config(Job(name, 0)).run_dir / "checkpoint.pt")["model"]
     b = load_checkpoint(alone)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
