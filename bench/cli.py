@@ -1,7 +1,8 @@
-"""``agq bench [--only accuracy|cost|hw] [--seeds N] [--quick] [--from-runs DIR]``: the benchmark.
+"""``agq bench [--only accuracy|cost|zero_grad|hw] [--seeds N] [--quick] [--from-runs DIR]``: the benchmark.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
-hw: FINN estimates and RTL-simulation cycles of the default model. Results: bench/results/.
+zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); hw: FINN estimates and
+RTL-simulation cycles of the default model. Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-PARTS = ("accuracy", "cost", "hw")
+PARTS = ("accuracy", "cost", "zero_grad", "hw")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
+    if "zero_grad" in parts and not args.quick:
+        from bench.zero_grad import measure
+        from training.config import load_config
+
+        runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
+        report.write_json(out / "zero_grad.json", measure(runs))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records)

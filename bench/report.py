@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cost, hardware, table
+from bench import cost, hardware, table, zero_grad
 from training.checkpoint import atomic_write_bytes
 
 TITLE = "2-bit CNN on MNIST (configs/bench/mnist_deep.yaml), test top-1 of the deployed network F"
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
@@ -25,7 +25,7 @@ def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE)
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
     stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
-    _write_json(out / "accuracy.json", {"title": title, "rows": stats, "paired": pairs, "gap_closed": gaps,
+    write_json(out / "accuracy.json", {"title": title, "rows": stats, "paired": pairs, "gap_closed": gaps,
                                         "curves": table.curves(records)})
     png = table.fig3_png(records)
     if png is not None:
@@ -69,6 +69,9 @@ def write_readme(out: Path, records_dir: Path) -> Path:
         report = json.loads(cost_json.read_text())
         atomic_write_bytes(out / "cost.png", cost_png(report))
         parts += ["", cost.markdown(report), "![cost per step](cost.png)"]
+    zero_json = out / "zero_grad.json"
+    if zero_json.is_file():
+        parts += ["", zero_grad.markdown(json.loads(zero_json.read_text()))]
     hw_json = out / "hardware.json"
     if hw_json.is_file():
         parts += ["", hardware.markdown(json.loads(hw_json.read_text()))]
@@ -79,5 +82,5 @@ def write_readme(out: Path, records_dir: Path) -> Path:
 
 def write_hardware(out: Path, name: str, build_missing: bool) -> dict[str, Any]:
     hw = hardware.collect(name=name, build_missing=build_missing)
-    _write_json(out / "hardware.json", hw)
+    write_json(out / "hardware.json", hw)
     return hw

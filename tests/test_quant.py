@@ -1,78 +1,54 @@
-"""Integer levels after training: ternary (k-bit narrow) low-bit weights, 16-bit first/last layers,
-unsigned k-bit activations, checked on F's actual tensors after a few AG + SSP training steps."""
+"""The low-bit weight clamp (straight-through or not) and the clipped full-precision activations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from brevitas.nn import QuantReLU
+from brevitas.nn import QuantConv2d, QuantReLU
 
-from tests.test_ag import batch, tiny_config
+from training.config import ModelConfig
 from training.models import build_model
-from training.objective import build_objective
+from training.precision import clipped_activations, full_precision
+from training.quant import weight_quant
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2bit", "3bit"])
-def trained(request):
-    """F after 6 Adam steps of AG + SSP (delta 0.5 -> 0 within the steps), in eval mode."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    bits = request.param
-    cfg = tiny_config(model={"weight_bits": bits, "act_bits": bits},
-                      ssp={"enabled": True, "weights_activations": True, "decay_epochs": 1.0})
-    objective = build_objective(build_model(cfg.model), cfg)
-    optimizer = torch.optim.Adam(objective.parameters(), 1e-2)
-    for step in range(6):
-        x, y = batch(32, seed=step)
-        loss, _ = objective(x, y, step / 5)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return bits, objective.eval().deployable()
-
-
-def integer_levels(quant) -> torch.Tensor:
-    """The integers of a QuantTensor, checked to be exactly what its float value encodes."""
-    levels = quant.int().to(torch.int64)
-    torch.testing.assert_close(quant.value, levels * quant.scale, rtol=1e-6, atol=0.0)
-    return levels
-
-
-def test_low_bit_weights_take_narrow_signed_levels(trained):
-    bits, model = trained
-    top = 2 ** (bits - 1) - 1  # narrow range: 2 bit -> {-1, 0, 1}
-    for layer in model.quant_layers():
-        quant = layer.conv.quant_weight()
-        assert int(quant.bit_width) == bits
-        levels = integer_levels(quant)
-        assert set(levels.unique().tolist()) <= set(range(-top, top + 1))
-        assert levels.min() == -top and levels.max() == top  # not degenerate
-
-
-def test_first_conv_and_last_fc_are_16_bit(trained):
-    _, model = trained
-    for layer in (model.stem, model.head.fc):
-        quant = layer.quant_weight()
-        assert int(quant.bit_width) == 16
-        levels = integer_levels(quant)
-        assert levels.abs().max() == 32767  # per-tensor max scaling uses the whole narrow range
-
-
-def test_activations_are_unsigned_k_bit(trained):
-    bits, model = trained
-    seen = []
-
-    def check(module: QuantReLU, inputs: tuple, output: torch.Tensor) -> None:
-        quant = module.act_quant(inputs[0])
-        torch.testing.assert_close(output, quant.value, rtol=0.0, atol=0.0)
-        levels = integer_levels(quant)
-        assert levels.min() >= 0 and levels.max() <= 2**bits - 1
-        seen.append(levels.unique().numel())
-
-    acts = [m for m in model.modules() if isinstance(m, QuantReLU)]
-    hooks = [m.register_forward_hook(check) for m in acts]
+@pytest.mark.parametrize(("clamp", "passes"), [("ste", True), ("clamp", False)])
+def test_straight_through_clamp_passes_gradient_beyond_the_clamp(clamp, passes):
+    conv = QuantConv2d(4, 1, 1, bias=False, weight_quant=weight_quant(2, wide=False, clamp=clamp))
     with torch.no_grad():
-        model(batch(32, seed=99)[0])
-    for hook in hooks:
-        hook.remove()
-    assert len(seen) == len(acts) == 4 and max(seen) == 2**bits
+        conv.weight.copy_(torch.tensor([0.1, 0.2, 0.3, 3.0]).view(1, 4, 1, 1))
+    scale = float(conv.quant_weight().scale)  # mean |w| = 0.9: the clamp is at 1.5 * 0.9
+    assert 3.0 > 1.5 * scale > 0.3
+    conv(torch.ones(1, 4, 1, 1)).sum().backward()
+    grad = conv.weight.grad.flatten()
+    assert bool(grad[3] != 0) == passes  # the weight beyond the clamp
+    assert bool((grad[:3] != 0).all())  # weights inside the clamp get a gradient either way
+    assert conv.weight_quant.tensor_quant.scaling_impl.value.grad is not None  # the scale still learns
+
+
+def test_wide_weights_are_never_clamped():
+    conv = QuantConv2d(4, 1, 1, bias=False, weight_quant=weight_quant(16, wide=True))
+    conv(torch.ones(1, 4, 1, 1)).sum().backward()
+    assert bool((conv.weight.grad != 0).all())
+
+
+def largest_relu_output(model, x: torch.Tensor) -> float:
+    """The largest value any QuantReLU of ``model`` returns (observed after every hook registered so far)."""
+    outputs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+               for m in model.modules() if isinstance(m, QuantReLU)]
+    model(x)
+    for handle in handles:
+        handle.remove()
+    assert len(outputs) == len(handles) == 2
+    return max(float(o.max()) for o in outputs)
+
+
+def test_clipped_activations_clip_full_precision_relus_then_restore():
+    model = build_model(ModelConfig(image_size=8, stem_channels=4, widths=[4], depths=[1], strides=[1]))
+    x = torch.rand(4, 1, 8, 8) * 255
+    with full_precision(model):
+        assert largest_relu_output(model, x) > 2.0  # an unclipped ReLU exceeds the clip here
+        with clipped_activations(model, 2.0):
+            assert largest_relu_output(model, x) == pytest.approx(2.0)
+        assert largest_relu_output(model, x) > 2.0  # hooks removed
