@@ -7,6 +7,7 @@ types and out-of-range values raise :class:`agq.errors.AgqError` with the dotted
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -173,6 +174,8 @@ class TrainConfig:
             raise AgqError("config train.lr/pretrain_lr: must be > 0")
         if self.weight_decay < 0 or self.pretrain_weight_decay < 0:
             raise AgqError("config train.weight_decay/pretrain_weight_decay: must be >= 0")
+        if self.seed < 0:
+            raise AgqError(f"config train.seed={self.seed}: must be >= 0")
         if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
             raise AgqError("config train.lr_milestones: fractions of the fine-tuning epochs, in (0, 1]")
 
@@ -235,6 +238,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise AgqError(f"config {key}={value!r}: must be a finite number")
     if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         raise AgqError(f"config {key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
     return value
