@@ -40,7 +40,10 @@ def use_build_dir(build_dir: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     os.environ["FINN_BUILD_DIR"] = str(tmp)
     os.environ["FINN_SETTINGS"] = str((build_dir / SETTINGS_FILE).resolve())
-    get_settings().finn_build_dir = tmp
+    settings = get_settings()
+    settings.finn_build_dir = tmp
+    if "FINN_DEPS" in os.environ:  # FINN's CLI reads it at every start; a process may run several builds
+        settings.finn_deps = os.environ["FINN_DEPS"]
     return tmp
 
 

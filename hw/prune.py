@@ -35,8 +35,9 @@ def _under(path: str, root: Path) -> Path | None:
 
 
 def _model_strings(model: object) -> Iterable[str]:
-    """Every string attribute value and metadata value of a qonnx ModelWrapper's graph."""
-    for prop in model.model.metadata_props:
+    """Every string attribute value and metadata value of a qonnx ModelWrapper (qonnx keeps its metadata
+    on the graph; the model's own field is read too)."""
+    for prop in [*model.model.metadata_props, *model.graph.metadata_props]:
         yield prop.value
     for node in model.graph.node:
         for attr in node.attribute:

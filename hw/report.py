@@ -50,7 +50,7 @@ def _layer_table(est: dict, folding: dict) -> list[str]:
     for name, layer in est["layers"].items():
         fold = folding.get(name, {})
         cells = [name, _num(layer["LUT"]), "—", _num(layer["BRAM_18K"]), _num(layer["URAM"]),
-                 _num(layer["DSP"]), f"{layer['cycles']:,}", str(fold.get("PE", "—")), str(fold.get("SIMD", "—"))]
+                 _num(layer["DSP"]), f"{layer['cycles']:,}", *(str(fold.get(k, "—")) for k in ("PE", "SIMD"))]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
