@@ -9,6 +9,9 @@ its largest PE/SIMD, or SIMD capped by ``mvau_wwidth_max``).
 
 The frame rates tried are integers and are turned into cycles by FINN's own rule
 (``DataflowBuildConfig._resolve_cycles_per_frame``), so the build's FINN step reproduces the winner.
+The binary search assumes that a faster target never needs fewer resources; SetFolding mostly
+behaves so, and every folding tried is listed in the report, but a fitting design faster than a
+failing one would be missed.
 """
 
 from __future__ import annotations

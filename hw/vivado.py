@@ -134,6 +134,8 @@ def requirements(board: Board, hw_cfg: HwConfig) -> list[Requirement]:
                         "HLS IP generation", "reinstall finn-plus"),
             Requirement(f"{deps}/finn-hlslib/dma.h", (deps / "finn-hlslib" / "dma.h").is_file(),
                         "the shell's IODMAs", fetch),
+            Requirement(f"{deps}/attention-hlslib", (deps / "attention-hlslib").is_dir(),
+                        "every HLS Tcl script (an -I folder)", fetch),
         ]
     if fifo_sizing_simulates(hw_cfg):
         json_dir = deps / NLOHMANN_JSON_DEP_SUBDIR

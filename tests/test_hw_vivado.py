@@ -182,7 +182,7 @@ def test_missing_dependency_stops_with_one_line_naming_it(tiny_model, fifo_file,
     assert f"{deps}/finn-hlslib/dma.h" in message and f"{deps}/board_files/pynq-z2" in message
     assert "vivado (" not in message  # the tools themselves are there
     report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["status"] == "no_vivado" and len(report["vivado"]["missing"]) == 2
+    assert report["status"] == "no_vivado" and len(report["vivado"]["missing"]) == 2, report["vivado"]
     assert len(fake_vivado.calls(fake_env)) == before  # no tool was started
 
 
@@ -350,3 +350,41 @@ def test_max_fps_finds_fastest_fitting_folding_and_names_the_binding_resource(ti
     assert failed and all(t["max_cycles"] < tight_est["max_cycles"] for t in failed)
     assert search["binding"].split()[0] in {"DSP", "BRAM_18K", "LUT"} or "/" in search["binding"].split()[0]
     assert "binding:" in (tight / "report.md").read_text()
+
+
+def test_out_of_context_synthesis_reaches_vivado_with_the_stitched_project(fake_build, fake_env, tmp_path):
+    """FINN's OOC step runs its Tcl on the stitched project; the stand-in writes no reports, so FINN
+    stops where real numbers would be read - nothing is invented."""
+    import finn.builder.build_dataflow_steps as finn
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw.build import finn_config
+    from hw.runner import StepRunner
+
+    build_dir, report, _ = fake_build
+    stitched = next(s for s in report["steps"] if s["name"] == "step_create_stitched_ip")
+    cfg = finn_config(HwConfig(ooc_synth=True), resolve_board("Pynq-Z2"), tmp_path)
+    before = len(fake_vivado.calls(fake_env))
+    with (tmp_path / "build.log").open("w") as log:
+        runner = StepRunner(tmp_path, cfg, base_key="k", log=log, progress=False)
+        with pytest.raises(AgqError, match="step_out_of_context_synthesis failed: .*did not produce report"):
+            runner.run([finn.step_out_of_context_synthesis],
+                       ModelWrapper(str(build_dir / "intermediate_models" / stitched["file"])))
+    (call,) = fake_vivado.calls(fake_env)[before:]
+    assert call["script"].endswith("ooc_pnr.tcl") and call["missing"] == []  # the .xpr it opens exists
+
+
+def test_edited_folding_file_is_applied_on_rebuild(tiny_model, tmp_path):
+    first = build_accelerator(tiny_model, out_dir=tmp_path / "a", allow_missing_vivado=True, progress=False)
+    folding = json.loads((first / "folding_config.json").read_text())
+    mvau = next(name for name in folding if name.startswith("MVAU"))
+    folding[mvau]["PE"] = 1
+    edited = tmp_path / "folding.json"
+    edited.write_text(json.dumps(folding))
+    second = build_accelerator(tiny_model, out_dir=tmp_path / "b", allow_missing_vivado=True, progress=False,
+                               config=HwConfig(target_fps=100, folding_config=str(edited)))
+    applied = json.loads((second / "report" / "applied_folding_config.json").read_text())
+    assert applied[mvau]["PE"] == 1
+    assert json.loads((second / "folding_config.json").read_text())[mvau]["PE"] == 1
+    row = next(line for line in (second / "report.md").read_text().splitlines() if line.startswith(f"| {mvau} |"))
+    assert row.split("|")[-3].strip() == "1"
