@@ -367,7 +367,7 @@ def test_out_of_context_synthesis_reaches_vivado_with_the_stitched_project(fake_
     before = len(fake_vivado.calls(fake_env))
     with (tmp_path / "build.log").open("w") as log:
         runner = StepRunner(tmp_path, cfg, base_key="k", log=log, progress=False)
-        with pytest.raises(AgqError, match="step_out_of_context_synthesis failed: .*did not produce report"):
+        with pytest.raises(AgqError, match=r"step_out_of_context_synthesis failed: .*did not produce report"):
             runner.run([finn.step_out_of_context_synthesis],
                        ModelWrapper(str(build_dir / "intermediate_models" / stitched["file"])))
     (call,) = fake_vivado.calls(fake_env)[before:]
@@ -386,5 +386,6 @@ def test_edited_folding_file_is_applied_on_rebuild(tiny_model, tmp_path):
     applied = json.loads((second / "report" / "applied_folding_config.json").read_text())
     assert applied[mvau]["PE"] == 1
     assert json.loads((second / "folding_config.json").read_text())[mvau]["PE"] == 1
-    row = next(line for line in (second / "report.md").read_text().splitlines() if line.startswith(f"| {mvau} |"))
+    lines = (second / "report.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith(f"| {mvau} |"))
     assert row.split("|")[-3].strip() == "1"
