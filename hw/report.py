@@ -22,8 +22,8 @@ FOLDING_COPY = "folding_config.json"
 # FINN's folding files in its report folder: what it applied (a user's file) wins over what it chose
 FOLDING_FILES = ("applied_folding_config.json", "auto_folding_config.json")
 FOLDING_LOOP = """To change the folding: edit `{copy}` (PE and SIMD per layer; PE must divide the layer's
-output channels, SIMD its input channels x kernel size), write a hardware config with
-`folding_config: {copy}` (e.g. a copy of configs/hw/default.yaml) and run
+output channels, SIMD its input channels x kernel size), copy it next to a copy of
+configs/hw/default.yaml, set `folding_config: {copy}` there (relative to that file) and run
 `agq build --model ... --config that.yaml`. FINN applies
 the file after its own folding and writes what it applied to `report/applied_folding_config.json`;
 report.md then shows the new estimates (and fails the build if they miss the board or the target)."""
