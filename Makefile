@@ -2,7 +2,7 @@
 # `make test` runs the tests. Both create .venv from nothing.
 
 PYTHON  ?= python3
-VENV    := .venv
+VENV    ?= .venv
 PY      := $(VENV)/bin/python
 AGQ     := $(VENV)/bin/agq
 CONFIG  ?= configs/mnist_plain_ag_ssp.yaml
@@ -14,7 +14,7 @@ OUT_DIR := build/$(NAME)
 PIP     := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
 STAMP   := $(VENV)/.agq-installed
 
-.PHONY: all setup train export build bitstream rtlsim test bench lint clean
+.PHONY: all setup train export build bitstream finn-deps rtlsim test bench lint clean
 
 all: setup train export build rtlsim
 
@@ -43,8 +43,13 @@ build: setup
 	$(AGQ) build --model $(OUT_DIR)/model.onnx --board $(BOARD) --allow-missing-vivado
 
 # The user's bitstream command: without Vivado it stops with a distinct non-zero exit code.
+# (docker/run.sh runs it in the image's own virtual environment: VENV=/opt/agq/.venv.)
 bitstream: setup
 	$(AGQ) build --model $(OUT_DIR)/model.onnx --board $(BOARD)
+
+# FINN's dependencies (finn-hlslib, nlohmann/json, board files) into $FINN_DEPS, as `finn deps update`.
+finn-deps: setup
+	$(AGQ) deps
 
 rtlsim: setup
 	$(AGQ) rtlsim --build $(OUT_DIR)/$(BOARD) --images $(IMAGES)

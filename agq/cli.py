@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "training.cli",
     "export": "export.cli",
     "build": "hw.cli",
+    "deps": "hw.deps_cli",
     "rtlsim": "hw.rtlsim.cli",
     "bench": "bench.cli",
 }

@@ -21,4 +21,5 @@ for settings in "$vivado_settings" "$hls_settings"; do
     source "$settings"
 done
 
+mkdir -p "${HOME:-/tmp}"
 exec "$@"

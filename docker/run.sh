@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build agq's container and run `make bitstream` (or the given command) in it, FINN's way: the host's
-# Xilinx installation is mounted read-only at the same path, the licence settings are passed through,
-# and the build outputs (build/, runs/) are the host's own folders.
+# Build agq's container and run `make bitstream` (or the given command) in it, FINN's way
+# (run-docker.sh): as the host user (files in build/ stay yours), the project folder mounted at its
+# own absolute path (report.json paths and the step cache are valid on the host too), the host's
+# Xilinx installation mounted read-only at its path, the licence settings passed through, and
+# shared memory for FINN's FIFO-sizing simulation.
 #
 #   FINN_XILINX_PATH=/tools/Xilinx FINN_XILINX_VERSION=2022.2 docker/run.sh [make bitstream BOARD=Pynq-Z2]
 #
-# Optional: PYNQ_BOARD_FILES=<folder holding pynq-z2/> (Vivado board files for the Zynq shell),
-# XILINXD_LICENSE_FILE / LM_LICENSE_FILE (licence server or file), AGQ_IMAGE (image tag).
+# Optional: XILINXD_LICENSE_FILE / LM_LICENSE_FILE (licence server or file), AGQ_IMAGE (image tag),
+# AGQ_SHM_SIZE (shared memory, default 8g).
 set -euo pipefail
 
 : "${FINN_XILINX_PATH:?set FINN_XILINX_PATH to the Xilinx installation root, e.g. /tools/Xilinx}"
@@ -14,15 +16,21 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 image="${AGQ_IMAGE:-agq-finn:latest}"
+home=/tmp/agq-home
 
 docker build --tag "$image" --file "$repo/docker/Dockerfile" "$repo"
 
 mkdir -p "$repo/build" "$repo/runs"
 args=(
     --rm --init
+    --user "$(id -u):$(id -g)"
+    --volume /etc/passwd:/etc/passwd:ro
+    --volume /etc/group:/etc/group:ro
+    --env "HOME=$home"
+    --volume "$repo:$repo"
+    --workdir "$repo"
+    --shm-size "${AGQ_SHM_SIZE:-8g}"
     --volume "$FINN_XILINX_PATH:$FINN_XILINX_PATH:ro"
-    --volume "$repo/build:/opt/agq/build"
-    --volume "$repo/runs:/opt/agq/runs"
     --env "FINN_XILINX_PATH=$FINN_XILINX_PATH"
     --env "FINN_XILINX_VERSION=$FINN_XILINX_VERSION"
 )
@@ -40,10 +48,7 @@ for var in XILINXD_LICENSE_FILE LM_LICENSE_FILE; do
     fi
 done
 if [[ -d "$HOME/.Xilinx" ]]; then
-    args+=(--volume "$HOME/.Xilinx:/root/.Xilinx:ro")
-fi
-if [[ -n "${PYNQ_BOARD_FILES:-}" ]]; then
-    args+=(--volume "$PYNQ_BOARD_FILES:/opt/finn_deps/board_files:ro")
+    args+=(--volume "$HOME/.Xilinx:$home/.Xilinx:ro")
 fi
 
 if [[ $# -eq 0 ]]; then

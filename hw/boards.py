@@ -23,7 +23,7 @@ class Board:
 
     name: str
     part: str
-    shell: str  # "vivado_zynq" (PYNQ boards) or "vitis_alveo"
+    shell: str  # FINN's shell flow: "vivado_zynq" (PYNQ boards), "vitis_alveo" or "" (none)
     resources: dict[str, int] | None
 
     def to_dict(self) -> dict:
@@ -49,7 +49,9 @@ def resolve_board(name: str) -> Board:
     elif name in alveo_part_map:
         shell = "vitis_alveo"
     else:
-        shell = "vitis_alveo"  # Versal kits (VEK280, VCK190, V80) go through FINN's Vitis flow
+        # Versal kits (VEK280, VCK190, V80): FINN knows their part but has no shell for them (ZynqBuild
+        # takes PYNQ boards only, VitisBuild needs an Alveo platform), so the build ends with the IP.
+        shell = ""
     resources = None
     if name in platforms:
         per_slr = platforms[name]().compute_resources

@@ -1,10 +1,11 @@
 """``build_accelerator``: exported QONNX model -> all-RTL, integer-only FINN dataflow accelerator.
 
 Output folder (default ``<model's folder>/<board>``): report.json (steps and times, certificate,
-estimates, host-side nodes, paths), build.log, intermediate_models/, FINN's report/,
-partition_hdl.onnx + parent.onnx (the stitchable RTL partition and its host graph) and finn_tmp/
-(FINN's generated HDL). With Vivado on PATH FINN's Vivado steps follow (stitched IP, bitfile, driver,
-deployment package under the same folder).
+estimates, host-side nodes, paths), report.md (per-layer table, totals against the board) with
+folding_config.json beside it, build.log, intermediate_models/, FINN's report/, partition_hdl.onnx +
+parent.onnx (the stitchable RTL partition and its host graph) and finn_tmp/ (FINN's generated HDL).
+With Vivado and FINN's dependencies present FINN's Vivado steps follow (FIFO sizing, stitched IP,
+bitfile, driver settings, deployment package under the same folder).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 import onnx
 
 from agq.errors import AgqError
-from hw import finn_env, vivado
+from hw import finn_env, prune, vivado
+from hw import report as report_md
 from hw.boards import DEFAULT_BOARD, Board, resolve_board
-from hw.config import HwConfig, load_hw_config
+from hw.config import MAX_FPS, HwConfig, load_hw_config
 from training.checkpoint import atomic_write_bytes, file_sha256
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
@@ -59,14 +61,15 @@ def _source_hash() -> str:
 
 
 def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path) -> str:
-    """Cache key of the whole build: input model, config (and folding file), board, build folder, code
-    and FINN version."""
+    """Cache key of the whole build: input model, config (and its folding and FIFO files), board, build
+    folder, code and FINN version."""
     digest = hashlib.sha256(proto.SerializeToString())
     meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
             "code": _source_hash(), "finn": version("finn-plus")}
     digest.update(json.dumps(meta, sort_keys=True).encode())
-    if hw_cfg.folding_config:
-        digest.update(Path(hw_cfg.folding_config).read_bytes())
+    for file in (hw_cfg.folding_config, hw_cfg.fifo_config):
+        if file:
+            digest.update(Path(file).read_bytes())
     return digest.hexdigest()
 
 
@@ -76,23 +79,27 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
 
     from hw.steps import AgqBuildConfig
 
+    outputs = [DataflowOutputType.ESTIMATE_REPORTS, DataflowOutputType.STITCHED_IP]
+    if hw_cfg.ooc_synth:
+        outputs.append(DataflowOutputType.OOC_SYNTH)
+    if board.shell:
+        outputs += [DataflowOutputType.BITFILE, DataflowOutputType.PYNQ_DRIVER,
+                    DataflowOutputType.DEPLOYMENT_PACKAGE]
+    max_fps = hw_cfg.target_fps == MAX_FPS
     return AgqBuildConfig(
         output_dir=str(build_dir),
         board=board.name,
-        shell_flow_type=ShellFlowType(board.shell),
+        shell_flow_type=ShellFlowType(board.shell) if board.shell else None,
         synth_clk_period_ns=hw_cfg.clock_ns,
-        target_fps=hw_cfg.target_fps,
+        target_fps=None if max_fps else hw_cfg.target_fps,
+        max_fps=max_fps,
         mvau_wwidth_max=hw_cfg.mvau_wwidth_max,
         folding_config_file=Path(hw_cfg.folding_config) if hw_cfg.folding_config else None,
+        auto_fifo_depths=not hw_cfg.fifo_config,
+        fifo_config_file=Path(hw_cfg.fifo_config) if hw_cfg.fifo_config else None,
         standalone_thresholds=True,
         save_intermediate_models=True,
-        generate_outputs=[
-            DataflowOutputType.ESTIMATE_REPORTS,
-            DataflowOutputType.STITCHED_IP,
-            DataflowOutputType.BITFILE,
-            DataflowOutputType.PYNQ_DRIVER,
-            DataflowOutputType.DEPLOYMENT_PACKAGE,
-        ],
+        generate_outputs=outputs,
         max_utilization=hw_cfg.max_utilization,
         fifo_depth=hw_cfg.fifo_depth,
     )
@@ -128,6 +135,17 @@ def _results(build_dir: Path) -> dict:
     }
 
 
+def _prune(build_dir: Path, records: list[dict]) -> None:
+    """Delete generated folders of earlier runs that no model of this build (the model after every
+    step, the partitions they reference, the simulation partition) still points at."""
+    from hw.steps import PARENT, PARTITION_HDL
+
+    models = build_dir / "intermediate_models"
+    files = [models / r["file"] for r in records] + [build_dir / PARTITION_HDL, build_dir / PARENT]
+    finn_tmp = (build_dir / finn_env.FINN_TMP).resolve()
+    prune.prune_generated_code(finn_tmp, prune.referenced_paths(files, finn_tmp))
+
+
 def build_accelerator(
     model: Path,
     board: str = DEFAULT_BOARD,
@@ -150,8 +168,8 @@ def build_accelerator(
     build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
-    missing = vivado.missing_tools(target.name)
-    finn_steps = finn_env.finn_steps(vivado=not missing)
+    missing = vivado.missing(target, hw_cfg)
+    finn_steps = finn_env.finn_steps()
     from qonnx.core.modelwrapper import ModelWrapper
 
     from hw import steps
@@ -160,7 +178,9 @@ def build_accelerator(
     wrapper = ModelWrapper(proto)
     _require_integer_input(wrapper, model)
     cfg = finn_config(hw_cfg, target, build_dir)
-    build_steps = list(steps.BUILD_STEPS) + ([] if missing else vivado.vivado_steps(finn_steps))
+    build_steps = steps.build_steps(cfg.max_fps)
+    if not missing:
+        build_steps += vivado.vivado_steps(finn_steps, target, hw_cfg)
     required = [build_dir / steps.PARTITION_HDL, build_dir / steps.PARENT,
                 build_dir / "report" / steps.CERTIFICATE, build_dir / "report" / steps.ESTIMATES]
     report = {
@@ -170,7 +190,7 @@ def build_accelerator(
         "board": target.to_dict(),
         "config": hw_cfg.to_dict(),
         "finn_version": version("finn-plus"),
-        "vivado": {"missing": missing, "steps": [] if missing else list(vivado.VIVADO_STEP_NAMES)},
+        "vivado": {"missing": missing, "env": {} if missing else finn_env.prepare_vivado_env()},
         "paths": _paths(build_dir),
     }
     start = time.perf_counter()
@@ -178,19 +198,19 @@ def build_accelerator(
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
         runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
         try:
-            final = runner.run(build_steps, wrapper, required)
+            runner.run(build_steps, wrapper, required)
         except AgqError as exc:
             _write_report(build_dir, {**report, "error": str(exc), "steps": runner.records})
             raise
-    partition = ModelWrapper(str(build_dir / steps.PARTITION_HDL))
-    finn_env.prune_generated_code(build_dir, finn_env.codegen_dirs(final) | finn_env.codegen_dirs(partition))
-    _write_report(build_dir, {
+    _prune(build_dir, runner.records)
+    _write_report(build_dir, done := {
         **report,
         "status": "no_vivado" if missing else "complete",
         "build_seconds": round(time.perf_counter() - start, 2),
         "steps": runner.records,
         **_results(build_dir),
     })
+    report_md.write(build_dir, done)
     if missing:
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"
         if isinstance(config, str | Path):

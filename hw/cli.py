@@ -24,8 +24,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """This command's own arguments, for a restart of the process."""
+    argv = ["build", "--model", str(args.model), "--board", args.board]
+    for flag, value in (("--out", args.out), ("--config", args.config)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--allow-missing-vivado", args.allow_missing_vivado),
+                                   ("--no-progress", args.no_progress)) if on]
+    return argv
+
+
 def run(args: argparse.Namespace) -> int:
     from hw.build import build_accelerator
+    from hw.finn_env import restart_with_xilinx_libraries
+
+    restart_with_xilinx_libraries(_argv(args))  # XSim's kernel loads in-process: the loader must see it
 
     out = build_accelerator(args.model, board=args.board, out_dir=args.out,
                             allow_missing_vivado=args.allow_missing_vivado, config=args.config,

@@ -16,6 +16,8 @@ import yaml
 
 from agq.errors import AgqError
 
+# target_fps value that asks for the fastest folding that fits the board
+MAX_FPS = "max"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "hw" / "default.yaml"
 
 
@@ -23,26 +25,32 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "hw" / "de
 class HwConfig:
     """Folding target and budget of one accelerator build.
 
-    ``target_fps`` drives FINN's SetFolding; the build fails if the folded design misses it.
+    ``target_fps`` drives FINN's SetFolding; the build fails if the folded design misses it. ``"max"``
+    searches FINN's folding for the fastest design whose estimate fits ``max_utilization`` of the board.
     ``mvau_wwidth_max`` caps SIMD x weight bits per PE (FINN's default 36 keeps a 16-bit first conv
     at SIMD 2 at most). ``max_utilization`` is the largest share of any board resource the estimate
     may take. ``folding_config`` optionally names a FINN folding JSON applied after SetFolding
     (relative paths are read from the config file's folder). ``fifo_depth`` is the depth of the FIFOs
     between the layers of partition_hdl.onnx, the partition simulated without Vivado (with Vivado,
     FINN sizes the bitstream's FIFOs by simulation); depth 2 made the default MNIST model 20 % slower
-    in RTL simulation than depth 32.
+    in RTL simulation than depth 32. ``fifo_config`` optionally names FINN's FIFO-depth JSON of an earlier
+    Vivado build (``final_hw_config.json``): FINN then applies those depths instead of sizing them by
+    XSim simulation. ``ooc_synth`` adds FINN's out-of-context synthesis of the stitched IP (real
+    resources and Fmax; Vivado only).
     """
 
-    target_fps: int = 20000
+    target_fps: int | str = 20000
     clock_ns: float = 10.0
     mvau_wwidth_max: int = 48
     max_utilization: float = 0.8
     folding_config: str = ""
     fifo_depth: int = 32
+    fifo_config: str = ""
+    ooc_synth: bool = False
 
     def validate(self) -> None:
-        if self.target_fps < 1:
-            raise AgqError(f"hw config target_fps={self.target_fps}: must be >= 1")
+        if self.target_fps != MAX_FPS and (not isinstance(self.target_fps, int) or self.target_fps < 1):
+            raise AgqError(f"hw config target_fps={self.target_fps!r}: must be >= 1 or \"{MAX_FPS}\"")
         if self.clock_ns <= 0:
             raise AgqError(f"hw config clock_ns={self.clock_ns}: must be > 0")
         if self.mvau_wwidth_max < 2:
@@ -51,8 +59,10 @@ class HwConfig:
             raise AgqError(f"hw config max_utilization={self.max_utilization}: must be in (0, 1]")
         if self.fifo_depth < 2:
             raise AgqError(f"hw config fifo_depth={self.fifo_depth}: must be >= 2")
-        if self.folding_config and not Path(self.folding_config).is_file():
-            raise AgqError(f"hw config folding_config: file not found: {self.folding_config}")
+        for key in ("folding_config", "fifo_config"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise AgqError(f"hw config {key}: file not found: {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,13 +76,16 @@ def hw_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> H
         if key not in fields:
             raise AgqError(f"hw config: unknown key {key} (known: {', '.join(fields)})")
         expected = type(fields[key].default)
+        if key == "target_fps" and value == MAX_FPS:
+            expected = str
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise AgqError(f"hw config {key}={value!r}: expected {expected.__name__}")
         values[key] = value
-    if values.get("folding_config") and base_dir is not None:
-        values["folding_config"] = str((base_dir / values["folding_config"]).resolve())
+    for key in ("folding_config", "fifo_config"):
+        if values.get(key) and base_dir is not None:
+            values[key] = str((base_dir / values[key]).resolve())
     cfg = HwConfig(**values)
     cfg.validate()
     return cfg

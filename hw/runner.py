@@ -24,7 +24,8 @@ from qonnx.core.modelwrapper import ModelWrapper
 from tqdm import tqdm
 
 from agq.errors import AgqError
-from hw.finn_env import codegen_dirs
+from hw.finn_env import FINN_TMP
+from hw.prune import referenced_paths
 from training.checkpoint import atomic_write_bytes
 
 MANIFEST = "steps.json"
@@ -89,9 +90,9 @@ class StepRunner:
                 break
             n += 1
         while n:
-            model = ModelWrapper(str(self.models / old[names[n - 1]]["file"]))
-            if all(d.is_dir() for d in codegen_dirs(model)):
-                return n, model
+            file = self.models / old[names[n - 1]]["file"]
+            if all(p.exists() for p in referenced_paths([file], (self.build_dir / FINN_TMP).resolve())):
+                return n, ModelWrapper(str(file))
             n -= 1
         return 0, None
 

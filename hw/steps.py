@@ -1,7 +1,7 @@
 """agq's build: FINN's own build steps plus the few agq adds, all in FINN's ``step_x(model, cfg)`` style.
 
 Import only after :func:`hw.finn_env.finn_steps` (FINN's step module needs its environment).
-:data:`BUILD_STEPS` is the no-Vivado build in order; :func:`hw.vivado.vivado_steps` continues it.
+:func:`build_steps` is the no-Vivado build in order; :func:`hw.vivado.vivado_steps` continues it.
 agq's steps write their results next to FINN's reports in ``<build>/report/``.
 """
 
@@ -22,6 +22,7 @@ from agq.errors import AgqError
 from hw import estimates
 from hw.boards import resolve_board
 from hw.certificate import SDP, certificate, require_integer_only
+from hw.max_fps import searched_target, step_max_fps_folding
 from hw.rtl_check import require_all_rtl, require_mapped
 from hw.transforms import PreferRTL, ReturnOutputScaleToHost
 from training.checkpoint import atomic_write_bytes
@@ -34,11 +35,13 @@ ESTIMATES = "agq_estimates.json"
 
 @dataclass
 class AgqBuildConfig(DataflowBuildConfig):
-    """FINN's build config plus agq's budget (largest share of any board resource to use) and the depth
-    of the FIFOs between layers of the simulation partition."""
+    """FINN's build config plus agq's budget (largest share of any board resource to use), the depth
+    of the FIFOs between layers of the simulation partition, and whether the frame-rate target is the
+    highest that fits (``target_fps`` is then chosen by :mod:`hw.max_fps`)."""
 
     max_utilization: float = 0.8
     fifo_depth: int = 32
+    max_fps: bool = False
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -92,8 +95,9 @@ def step_all_rtl_check(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWr
 
 def step_check_budget(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
     """Join FINN's estimate reports, add the board share, fail if the target or the board is missed."""
+    target = searched_target(cfg) if cfg.max_fps else cfg.target_fps
     est = estimates.collect(cfg.get_report_directory(), resolve_board(cfg.board), cfg.synth_clk_period_ns,
-                            cfg.target_fps)
+                            target)
     _write_json(cfg.get_report_directory() / ESTIMATES, est)
     estimates.check_budget(est, cfg.max_utilization)
     return model
@@ -129,7 +133,14 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mode
     return model
 
 
-# The build without Vivado, in order: FINN's steps (by their names in FINN) and agq's.
+def build_steps(max_fps: bool) -> list:
+    """The build without Vivado, in order: FINN's steps (by their names in FINN) and agq's; with
+    ``max_fps`` agq's search replaces FINN's fixed-target folding step."""
+    fixed = finn.step_target_fps_parallelization
+    return [step_max_fps_folding if max_fps and step is fixed else step for step in BUILD_STEPS]
+
+
+# The build without Vivado at a fixed frame-rate target.
 BUILD_STEPS = [
     finn.step_qonnx_to_finn,
     finn.step_tidy_up,

@@ -1,6 +1,9 @@
-"""docker/: the scripts pass shellcheck, the Dockerfile passes hadolint, and (with a stand-in `docker`
-that records its arguments, since no Docker engine runs here) run.sh mounts the host's Xilinx tools
-read-only, passes the licence through and runs `make bitstream`; entrypoint.sh sources the tools."""
+"""docker/: the scripts pass shellcheck, the Dockerfile passes hadolint and follows FINN's conventions
+(dependencies fetched into the image, the venv layer before agq's code), and (with a stand-in `docker`
+that records its arguments, since no Docker engine runs here) run.sh runs as the host user with the
+project at its own path, shared memory for FIFO sizing, the host's Xilinx tools read-only, the licence
+passed through and `make bitstream`; entrypoint.sh sources the tools. No image is built here: that
+needs a Docker engine and the internet."""
 
 from __future__ import annotations
 
@@ -55,11 +58,27 @@ def test_run_script_mounts_vivado_read_only_and_passes_licence(fake_docker, tmp_
     assert build.splitlines()[0] == "build" and str(DOCKER / "Dockerfile") in build.splitlines()
     args = docker_run.splitlines()
     assert args[0] == "run"
+    repo = str(DOCKER.parent)
     assert f"{xilinx}:{xilinx}:ro" in args
+    assert args[args.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    assert {"/etc/passwd:/etc/passwd:ro", "/etc/group:/etc/group:ro", f"{repo}:{repo}"} <= set(args)
+    assert args[args.index("--workdir") + 1] == repo and args[args.index("--shm-size") + 1] == "8g"
     assert f"{licence}:{licence}:ro" in args
     assert {"FINN_XILINX_PATH=" + str(xilinx), "FINN_XILINX_VERSION=2022.2",
             "XILINXD_LICENSE_FILE=" + str(licence), "LM_LICENSE_FILE=2100@licence-server"} <= set(args)
     assert args[-2:] == ["make", "bitstream"]
+
+
+def test_dockerfile_layers_reuse_the_venv_and_fetch_finns_dependencies():
+    lines = [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines()]
+    text = "\n".join(lines)
+    copy_all = lines.index("COPY . .")
+    venv = next(i for i, line in enumerate(lines) if line.startswith("RUN python -m venv"))
+    deps = next(i for i, line in enumerate(lines) if "agq.cli deps" in line)
+    assert venv < deps < copy_all  # a change to agq's code reuses both layers
+    assert "COPY requirements/ requirements/" in lines[:venv]
+    assert "libboost-program-options-dev" in text and "FINN_DEPS=/opt/finn_deps" in text
+    assert "chmod -R a+rwX .venv/lib/python3.11/site-packages/finn_xsi" in text  # FINN builds XSI there
 
 
 def test_run_script_requires_the_xilinx_settings(fake_docker, tmp_path):
