@@ -1,8 +1,9 @@
-"""``agq bench [--only accuracy|cost|zero_grad|hw] [--seeds N] [--quick] [--from-runs DIR]``: the benchmark.
+"""``agq bench [--only accuracy|cost|zero_grad|hw|report] [--seeds N] [--quick] [--from-runs DIR]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); hw: FINN estimates and
-RTL-simulation cycles of the default model. Results: bench/results/.
+RTL-simulation cycles of the default model; report: only rebuild README.md and the tables from the
+results present (e.g. while the accuracy part is still running). Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ PARTS = ("accuracy", "cost", "zero_grad", "hw")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
-    parser.add_argument("--only", choices=PARTS, help="run one part (default: all three)")
+    parser.add_argument("--only", choices=(*PARTS, "report"),
+                        help="run one part, or only rebuild the report (default: every part)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the main table (default 3)")
     parser.add_argument("--ablation-seeds", type=int, default=1,
                         help="seeds of the ablation rows (default 1)")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     default = Path("bench/results") / ("quick" if args.quick else args.config.stem if args.config else "")
     out = args.out or default
     records = out / "runs"
-    parts = [args.only] if args.only else list(PARTS)
+    parts = [] if args.only == "report" else [args.only] if args.only else list(PARTS)
     if "accuracy" in parts:
         extra = accuracy.QUICK if args.quick else []
         seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)

@@ -139,3 +139,17 @@ def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name
     a = load_checkpoint(runner.config(Job(name, 0)).run_dir / "checkpoint.pt")["model"]
     b = load_checkpoint(alone)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, (p, r) in enumerate([(90.0, 95.0), (91.0, 95.5)]):
+        (runs / f"plain_s{seed}.json").write_text(json.dumps(record("plain", seed, [p])))
+        residual = record("residual", seed, [r], arch="residual")
+        (runs / f"residual_s{seed}.json").write_text(json.dumps(residual))
+    assert main(["bench", "--only", "report", "--out", str(tmp_path)]) == 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| residual - plain | 4.75 ± 0.35 |" in readme
+    assert not (tmp_path / "cost.json").exists() and sorted(p.name for p in runs.iterdir()) == [
+        "plain_s0.json", "plain_s1.json", "residual_s0.json", "residual_s1.json"]
