@@ -44,14 +44,6 @@ def load_qonnx(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _require_integer_input(model: object, path: Path) -> None:
-    name = model.graph.input[0].name
-    dt = model.get_tensor_datatype(name)
-    if not dt.is_integer():
-        raise AgqError(f"{path}: input {name!r} is {dt.name}; annotate it as the raw image type "
-                       "(UINT8), as `agq export` does, so the first layer stays integer")
-
-
 def _source_hash() -> str:
     """Hash of agq's build code: a changed step must not reuse results of the old one."""
     digest = hashlib.sha256()
@@ -173,10 +165,10 @@ def build_accelerator(
     from qonnx.core.modelwrapper import ModelWrapper
 
     from hw import steps
+    from hw.foreign import prepare_input
     from hw.runner import StepRunner
 
-    wrapper = ModelWrapper(proto)
-    _require_integer_input(wrapper, model)
+    wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())
     cfg = finn_config(hw_cfg, target, build_dir)
     build_steps = steps.build_steps(cfg.max_fps)
     if not missing:
@@ -215,6 +207,8 @@ def build_accelerator(
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"
         if isinstance(config, str | Path):
             command += f" --config {config}"
+        elif hw_cfg.input_scale:
+            command += f" --input-scale {hw_cfg.input_scale!r} --input-offset {hw_cfg.input_offset!r}"
         paragraph = vivado.stop_paragraph(build_dir, target.name, command, missing)
         if not allow_missing_vivado:
             raise vivado.no_vivado_error(paragraph)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import finn.builder.build_dataflow_steps as finn
 from finn.builder.build_dataflow_config import AutoFIFOSizingMethod, DataflowBuildConfig
+from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
@@ -62,6 +63,14 @@ def _certify(partition: ModelWrapper, parent: ModelWrapper, cfg: DataflowBuildCo
 def _parent(cfg: DataflowBuildConfig) -> ModelWrapper:
     """The parent model FINN's step_create_dataflow_partition saved (host nodes + partition node)."""
     return ModelWrapper(str(cfg.get_intermediate_models_directory() / "dataflow_parent.onnx"))
+
+
+def step_round_thresholds(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Round and clip every threshold on an integer input right after streamlining, as FINN's own
+    end-to-end examples do. FINN's builder does it only after step_minimize_bit_width_initial, whose
+    Thresholding check asserts non-negative thresholds for an unsigned input: the thresholds of a signed
+    input quantizer absorbed onto uint8 pixels (a model with a float input) are below 0 until clipped."""
+    return model.transform(RoundAndClipThresholds())
 
 
 def step_output_scale_to_host(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
@@ -145,6 +154,7 @@ BUILD_STEPS = [
     finn.step_qonnx_to_finn,
     finn.step_tidy_up,
     finn.step_streamline,
+    step_round_thresholds,
     finn.step_convert_to_hw,
     step_output_scale_to_host,
     step_check_mapped,
