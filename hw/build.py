@@ -25,6 +25,8 @@ from hw.boards import DEFAULT_BOARD, Board, resolve_board
 from hw.config import MAX_FPS, HwConfig, load_hw_config
 from training.checkpoint import atomic_write_bytes, file_sha256
 
+MODEL_CARD = "model.json"
+
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
 REPORT = "report.json"
 LOG = "build.log"
@@ -52,12 +54,12 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
-def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path) -> str:
+def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool) -> str:
     """Cache key of the whole build: input model, config (and its folding and FIFO files), board, build
-    folder, code and FINN version."""
+    folder, whether all-RTL is required, code and FINN version."""
     digest = hashlib.sha256(proto.SerializeToString())
     meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
-            "code": _source_hash(), "finn": version("finn-plus")}
+            "code": _source_hash(), "finn": version("finn-plus"), "all_rtl": all_rtl}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for file in (hw_cfg.folding_config, hw_cfg.fifo_config):
         if file:
@@ -65,8 +67,18 @@ def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: 
     return digest.hexdigest()
 
 
-def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
-    """FINN's DataflowBuildConfig (agq's subclass) for this build."""
+def is_agq_export(model: Path) -> bool:
+    """True if ``model`` is the file `agq export` wrote: its model.json beside it names its sha256."""
+    card = model.parent / MODEL_CARD
+    try:
+        return json.loads(card.read_text())["model"]["sha256"] == file_sha256(model)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool = True) -> object:
+    """FINN's DataflowBuildConfig (agq's subclass) for this build; ``all_rtl``: a layer without RTL
+    stops the build."""
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
 
     from hw.steps import AgqBuildConfig
@@ -94,6 +106,7 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
         generate_outputs=outputs,
         max_utilization=hw_cfg.max_utilization,
         fifo_depth=hw_cfg.fifo_depth,
+        all_rtl=all_rtl,
     )
 
 
@@ -114,12 +127,28 @@ def _paths(build_dir: Path) -> dict[str, str]:
     }
 
 
-def _results(build_dir: Path) -> dict:
-    """The certificate and estimates agq's steps wrote into FINN's report folder."""
+def _partition(build_dir: Path, part: str) -> dict:
+    """RTL and HLS layer counts of the simulation partition, and every layer that is not RTL."""
+    from finn.util.fpgadataflow import is_rtl_node
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw.rtl_check import non_rtl_layers
+    from hw.steps import PARTITION_HDL
+
+    partition = ModelWrapper(str(build_dir / PARTITION_HDL))
+    non_rtl = non_rtl_layers(partition, part)
+    rtl = sum(is_rtl_node(n) for n in partition.graph.node)
+    return {"rtl_nodes": rtl, "hls_nodes": len(partition.graph.node) - rtl, "all_rtl": not non_rtl,
+            "non_rtl": non_rtl}
+
+
+def _results(build_dir: Path, part: str) -> dict:
+    """The certificate and estimates agq's steps wrote into FINN's report folder, and the partition."""
     from hw.steps import CERTIFICATE, ESTIMATES
 
     cert = json.loads((build_dir / "report" / CERTIFICATE).read_text())
     return {
+        "partition": _partition(build_dir, part),
         "certificate": cert,
         "host_nodes": cert["host"],
         "output_scale": cert["output_scale"],
@@ -136,6 +165,15 @@ def _prune(build_dir: Path, records: list[dict]) -> None:
     files = [models / r["file"] for r in records] + [build_dir / PARTITION_HDL, build_dir / PARENT]
     finn_tmp = (build_dir / finn_env.FINN_TMP).resolve()
     prune.prune_generated_code(finn_tmp, prune.referenced_paths(files, finn_tmp))
+
+
+def _say_hls(partition: dict, build_dir: Path) -> None:
+    """Name the layers that have only HLS in finn-plus: sources generated, Vitis HLS needed."""
+    if partition["non_rtl"]:
+        names = ", ".join(f"{n['name']} ({n['op_type']})" for n in partition["non_rtl"])
+        print(f"{partition['hls_nodes']} layer(s) have only an HLS implementation in finn-plus: {names}; "
+              f"their HLS sources are generated under {build_dir / finn_env.FINN_TMP} (Vitis HLS "
+              "synthesizes them); `agq rtlsim` simulates only all-RTL builds")
 
 
 def build_accelerator(
@@ -169,7 +207,8 @@ def build_accelerator(
     from hw.runner import StepRunner
 
     wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())
-    cfg = finn_config(hw_cfg, target, build_dir)
+    agq_export = is_agq_export(model)
+    cfg = finn_config(hw_cfg, target, build_dir, all_rtl=agq_export)
     build_steps = steps.build_steps(cfg.max_fps)
     if not missing:
         build_steps += vivado.vivado_steps(finn_steps, target, hw_cfg)
@@ -179,6 +218,7 @@ def build_accelerator(
         "status": "failed",
         "model": str(model.resolve()),
         "model_sha256": file_sha256(model),
+        "agq_export": agq_export,
         "board": target.to_dict(),
         "config": hw_cfg.to_dict(),
         "finn_version": version("finn-plus"),
@@ -188,7 +228,8 @@ def build_accelerator(
     start = time.perf_counter()
     with (build_dir / LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
-        runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
+        key = base_key(proto, hw_cfg, target, build_dir, agq_export)
+        runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
             runner.run(build_steps, wrapper, required)
         except AgqError as exc:
@@ -200,9 +241,10 @@ def build_accelerator(
         "status": "no_vivado" if missing else "complete",
         "build_seconds": round(time.perf_counter() - start, 2),
         "steps": runner.records,
-        **_results(build_dir),
+        **_results(build_dir, target.part),
     })
     report_md.write(build_dir, done)
+    _say_hls(done["partition"], build_dir)
     if missing:
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"
         if isinstance(config, str | Path):

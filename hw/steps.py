@@ -37,12 +37,15 @@ ESTIMATES = "agq_estimates.json"
 @dataclass
 class AgqBuildConfig(DataflowBuildConfig):
     """FINN's build config plus agq's budget (largest share of any board resource to use), the depth
-    of the FIFOs between layers of the simulation partition, and whether the frame-rate target is the
-    highest that fits (``target_fps`` is then chosen by :mod:`hw.max_fps`)."""
+    of the FIFOs between layers of the simulation partition, whether the frame-rate target is the
+    highest that fits (``target_fps`` is then chosen by :mod:`hw.max_fps`), and whether a layer without
+    an RTL implementation stops the build (``all_rtl``, agq's own models) or is only listed in the
+    report, with its HLS sources generated (models agq did not train)."""
 
     max_utilization: float = 0.8
     fifo_depth: int = 32
     max_fps: bool = False
+    all_rtl: bool = True
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -78,10 +81,11 @@ def step_output_scale_to_host(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     return model.transform(ReturnOutputScaleToHost())
 
 
-def step_check_mapped(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """Stop before partitioning if a plain ONNX node sits between hardware layers or a pooling layer is
-    left, saying why and how to avoid it (FINN's own partitioning error names only the node)."""
-    require_mapped(model)
+def step_check_mapped(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
+    """Stop before partitioning if a plain ONNX node sits between hardware layers or (``cfg.all_rtl``)
+    a pooling layer is left, saying why and how to avoid it (FINN's own partitioning error names only
+    the node)."""
+    require_mapped(model, allow_hls=not cfg.all_rtl)
     return model
 
 
@@ -96,9 +100,11 @@ def step_prefer_rtl(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapp
     return model.transform(PreferRTL())
 
 
-def step_all_rtl_check(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """Stop the build if any layer was specialised to HLS, naming the layer, the reason and the fix."""
-    require_all_rtl(model, cfg._resolve_fpga_part())
+def step_all_rtl_check(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
+    """With ``cfg.all_rtl``, stop the build if any layer was specialised to HLS, naming the layer, the
+    reason and the fix; otherwise the build goes on and its report lists those layers."""
+    if cfg.all_rtl:
+        require_all_rtl(model, cfg._resolve_fpga_part())
     return model
 
 
@@ -112,8 +118,9 @@ def step_check_budget(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
     return model
 
 
-def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """Write the stitchable all-RTL partition ``partition_hdl.onnx`` and its ``parent.onnx``.
+def step_rtlsim_partition(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrapper:
+    """Write the stitchable partition ``partition_hdl.onnx`` (all-RTL unless ``cfg.all_rtl`` is off)
+    and its ``parent.onnx``.
 
     FINN's step_set_fifo_depths with the force_minimal_fifos strategy (no simulation, so no Vivado)
     adds the width converters and FIFOs, specialises them and generates their HDL, so a simulator can
@@ -129,7 +136,8 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mode
         for attr in ("inFIFODepths", "outFIFODepths"):
             inst.set_nodeattr(attr, [max(d, cfg.fifo_depth) for d in inst.get_nodeattr(attr)])
     hdl = finn.step_set_fifo_depths(hdl, minimal)
-    require_all_rtl(hdl, cfg._resolve_fpga_part())
+    if cfg.all_rtl:
+        require_all_rtl(hdl, cfg._resolve_fpga_part())
     out = Path(cfg.output_dir)
     _save_model(hdl, out / PARTITION_HDL)
     parent = _parent(cfg)

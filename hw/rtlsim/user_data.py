@@ -1,0 +1,67 @@
+"""A user's own images and expected outputs for ``agq rtlsim --inputs X.npy [--expected Y.npy]``.
+
+The accelerator takes raw uint8 pixels in the model's input layout, so the images must be an integer
+array of shape (N, *input shape without batch) with values in 0..255; a float array is refused even
+when its values are whole numbers, because it is most often already preprocessed (x/255). The
+expected outputs are what the user's model computes on those images (N, *output shape): integers are
+compared with the hardware's integer outputs as they are, floats after division by the build's output
+scale and rounding (the host side of the accelerator multiplies by that scale). Every problem is one
+AgqError naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from agq.errors import AgqError
+
+PIXEL_MAX = 255
+
+
+def _load(path: Path, option: str) -> np.ndarray:
+    if not path.is_file():
+        raise AgqError(f"{option} {path}: file not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise AgqError(f"{option} {path}: not a NumPy .npy array ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, np.ndarray):
+        raise AgqError(f"{option} {path}: holds several arrays; save one array with np.save")
+    return data
+
+
+def load_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Raw images (N, *input_shape[1:]) as float32 (the partition's container type) from ``path``."""
+    data = _load(path, "--inputs")
+    want = tuple(input_shape[1:])
+    if data.ndim != len(want) + 1 or tuple(data.shape[1:]) != want or len(data) == 0:
+        dims = ", ".join(map(str, want))
+        raise AgqError(f"--inputs {path}: shape {data.shape}, the model needs (N, {dims}) with N >= 1")
+    if data.dtype.kind not in "ui":
+        raise AgqError(f"--inputs {path}: dtype {data.dtype}; give the raw uint8 pixels (the accelerator "
+                       "applies the input mapping itself)")
+    low, high = int(data.min()), int(data.max())
+    if low < 0 or high > PIXEL_MAX:
+        raise AgqError(f"--inputs {path}: values {low}..{high} outside the uint8 range 0..{PIXEL_MAX}")
+    return data.astype(np.float32)
+
+
+def load_expected(path: Path, images: int, outputs: int, output_scale: float | None) -> np.ndarray:
+    """Expected outputs as int64 (images, outputs) in the hardware's integer domain."""
+    data = _load(path, "--expected")
+    if len(data.shape) < 1 or data.shape[0] != images or data.size != images * outputs:
+        raise AgqError(f"--expected {path}: shape {data.shape}, need {images} rows (one per --inputs image) "
+                       f"of {outputs} values")
+    flat = data.reshape(images, outputs)
+    if data.dtype.kind in "ui":
+        return flat.astype(np.int64)
+    if data.dtype.kind != "f" or not np.isfinite(flat).all():
+        raise AgqError(f"--expected {path}: dtype {data.dtype} with non-finite or non-numeric values")
+    if output_scale is None:
+        if not np.array_equal(flat, np.round(flat)):
+            raise AgqError(f"--expected {path}: the build has no output scale, so the expected outputs "
+                           "must be integers")
+        return flat.astype(np.int64)
+    return np.round(flat.astype(np.float64) / output_scale).astype(np.int64)
