@@ -183,6 +183,7 @@ def build_accelerator(
     allow_missing_vivado: bool = False,
     config: Path | HwConfig | None = None,
     progress: bool = True,
+    all_rtl: bool | None = None,
 ) -> Path:
     """Build the accelerator for ``model`` on ``board``; returns the build folder.
 
@@ -190,6 +191,10 @@ def build_accelerator(
     with ``allow_missing_vivado``, prints the same paragraph and returns normally. report.json's
     ``status`` is "complete", "no_vivado" or "failed" (with the error), so a stale report never
     describes a build that has since failed.
+
+    ``all_rtl``: a layer without an RTL implementation stops the build (True) or is listed in the
+    report with its HLS sources generated (False); by default True exactly for a model `agq export`
+    wrote (agq's contract), False for models agq did not train.
     """
     model = Path(model)
     target = resolve_board(board)
@@ -208,7 +213,8 @@ def build_accelerator(
 
     wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())
     agq_export = is_agq_export(model)
-    cfg = finn_config(hw_cfg, target, build_dir, all_rtl=agq_export)
+    all_rtl = agq_export if all_rtl is None else all_rtl
+    cfg = finn_config(hw_cfg, target, build_dir, all_rtl=all_rtl)
     build_steps = steps.build_steps(cfg.max_fps)
     if not missing:
         build_steps += vivado.vivado_steps(finn_steps, target, hw_cfg)
@@ -228,7 +234,7 @@ def build_accelerator(
     start = time.perf_counter()
     with (build_dir / LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
-        key = base_key(proto, hw_cfg, target, build_dir, agq_export)
+        key = base_key(proto, hw_cfg, target, build_dir, all_rtl)
         runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
             runner.run(build_steps, wrapper, required)

@@ -24,7 +24,7 @@ from hw import estimates
 from hw.boards import resolve_board
 from hw.certificate import SDP, certificate, require_integer_only
 from hw.max_fps import searched_target, step_max_fps_folding
-from hw.rtl_check import require_all_rtl, require_mapped
+from hw.rtl_check import non_rtl_layers, require_all_rtl, require_mapped
 from hw.transforms import PreferRTL, ReturnOutputScaleToHost
 from training.checkpoint import atomic_write_bytes
 
@@ -126,7 +126,8 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrap
     adds the width converters and FIFOs, specialises them and generates their HDL, so a simulator can
     stitch the partition. The FIFOs get the layers' own depth requests, at least ``cfg.fifo_depth``.
     The model passed on is the unchanged input, from which the Vivado steps insert their own FIFOs,
-    sized by FINN's XSim-based simulation.
+    sized by FINN's XSim-based simulation. A partition with HLS layers (allowed without ``cfg.all_rtl``)
+    is saved without FIFOs: FINN's FIFO step synthesizes HLS layers, which needs Vitis HLS.
     """
     minimal = dataclasses.replace(cfg, auto_fifo_depths=True,
                                   auto_fifo_strategy=AutoFIFOSizingMethod.FORCE_MINIMAL_FIFOS)
@@ -135,9 +136,13 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrap
         inst = getCustomOp(node)
         for attr in ("inFIFODepths", "outFIFODepths"):
             inst.set_nodeattr(attr, [max(d, cfg.fifo_depth) for d in inst.get_nodeattr(attr)])
-    hdl = finn.step_set_fifo_depths(hdl, minimal)
     if cfg.all_rtl:
+        hdl = finn.step_set_fifo_depths(hdl, minimal)
         require_all_rtl(hdl, cfg._resolve_fpga_part())
+    elif not non_rtl_layers(hdl, cfg._resolve_fpga_part()):
+        hdl = finn.step_set_fifo_depths(hdl, minimal)
+    # else: FINN's FIFO step ends in HLS synthesis (Vitis) for the HLS layers; the partition is kept
+    # as generated, HLS sources included, and report.json lists the layers that keep it from Verilator
     out = Path(cfg.output_dir)
     _save_model(hdl, out / PARTITION_HDL)
     parent = _parent(cfg)
