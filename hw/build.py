@@ -200,18 +200,19 @@ def build_accelerator(
     target = resolve_board(board)
     hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
     proto = load_qonnx(model)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw.foreign import prepare_input
+
+    wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())  # before any file is made
     build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
     missing = vivado.missing(target, hw_cfg)
     finn_steps = finn_env.finn_steps()
-    from qonnx.core.modelwrapper import ModelWrapper
-
     from hw import steps
-    from hw.foreign import prepare_input
     from hw.runner import StepRunner
 
-    wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())
     agq_export = is_agq_export(model)
     all_rtl = agq_export if all_rtl is None else all_rtl
     cfg = finn_config(hw_cfg, target, build_dir, all_rtl=all_rtl)
