@@ -54,10 +54,12 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
-def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool) -> str:
+def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool,
+             verification: bytes = b"") -> str:
     """Cache key of the whole build: input model, config (and its folding and FIFO files), board, build
-    folder, whether all-RTL is required, code and FINN version."""
+    folder, whether all-RTL is required, FINN's verification data, code and FINN version."""
     digest = hashlib.sha256(proto.SerializeToString())
+    digest.update(hashlib.sha256(verification).digest())
     meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
             "code": _source_hash(), "finn": version("finn-plus"), "all_rtl": all_rtl}
     digest.update(json.dumps(meta, sort_keys=True).encode())
@@ -78,9 +80,11 @@ def is_agq_export(model: Path) -> bool:
 
 def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool = True) -> object:
     """FINN's DataflowBuildConfig (agq's subclass) for this build; ``all_rtl``: a layer without RTL
-    stops the build."""
+    stops the build. FINN's Python verification steps check the intermediate models on the build's
+    ``input.npy`` / ``expected_output.npy``."""
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
 
+    from hw import verification
     from hw.steps import AgqBuildConfig
 
     outputs = [DataflowOutputType.ESTIMATE_REPORTS, DataflowOutputType.STITCHED_IP]
@@ -107,6 +111,10 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool =
         max_utilization=hw_cfg.max_utilization,
         fifo_depth=hw_cfg.fifo_depth,
         all_rtl=all_rtl,
+        verify_steps=verification.verify_steps(),
+        verify_input_npy=str(build_dir / verification.INPUT),
+        verify_expected_output_npy=str(build_dir / verification.EXPECTED),
+        verification_mean_rtol=verification.MEAN_RTOL,
     )
 
 
@@ -184,6 +192,8 @@ def build_accelerator(
     config: Path | HwConfig | None = None,
     progress: bool = True,
     all_rtl: bool | None = None,
+    inputs: Path | None = None,
+    expected: Path | None = None,
 ) -> Path:
     """Build the accelerator for ``model`` on ``board``; returns the build folder.
 
@@ -194,7 +204,8 @@ def build_accelerator(
 
     ``all_rtl``: a layer without an RTL implementation stops the build (True) or is listed in the
     report with its HLS sources generated (False); by default True exactly for a model `agq export`
-    wrote (agq's contract), False for models agq did not train.
+    wrote (agq's contract), False for models agq did not train. ``inputs`` / ``expected`` (.npy) feed
+    FINN's verification steps (see :mod:`hw.verification`).
     """
     model = Path(model)
     target = resolve_board(board)
@@ -202,9 +213,13 @@ def build_accelerator(
     proto = load_qonnx(model)
     from qonnx.core.modelwrapper import ModelWrapper
 
+    from hw import verification
     from hw.foreign import prepare_input
 
     wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())  # before any file is made
+    agq_export = is_agq_export(model)
+    x, y, verify_source = verification.verification_pair(
+        wrapper, model.parent / MODEL_CARD if agq_export else None, inputs, expected)
     build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
@@ -213,7 +228,6 @@ def build_accelerator(
     from hw import steps
     from hw.runner import StepRunner
 
-    agq_export = is_agq_export(model)
     all_rtl = agq_export if all_rtl is None else all_rtl
     cfg = finn_config(hw_cfg, target, build_dir, all_rtl=all_rtl)
     build_steps = steps.build_steps(cfg.max_fps)
@@ -232,10 +246,11 @@ def build_accelerator(
         "vivado": {"missing": missing, "env": {} if missing else finn_env.prepare_vivado_env()},
         "paths": _paths(build_dir),
     }
+    verification.write_pair(build_dir, x, y)
     start = time.perf_counter()
     with (build_dir / LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
-        key = base_key(proto, hw_cfg, target, build_dir, all_rtl)
+        key = base_key(proto, hw_cfg, target, build_dir, all_rtl, x.tobytes() + y.tobytes())
         runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
             runner.run(build_steps, wrapper, required)
@@ -249,9 +264,14 @@ def build_accelerator(
         "build_seconds": round(time.perf_counter() - start, 2),
         "steps": runner.records,
         **_results(build_dir, target.part),
+        "finn_verification": {"data": verify_source, "steps": verification.results(build_dir)},
     })
     report_md.write(build_dir, done)
     _say_hls(done["partition"], build_dir)
+    failed = {step: r["failed"] for step, r in done["finn_verification"]["steps"].items() if r["failed"]}
+    if failed:
+        print(f"FINN's verification failed on some images (step: images): {failed}; see "
+              f"{build_dir / 'verification_output'}")
     if missing:
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"
         if isinstance(config, str | Path):

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="float-input models: raw uint8 pixel x maps to SCALE * x + OFFSET (e.g. 1/255)")
     parser.add_argument("--input-offset", type=_number, default=None,
                         help="see --input-scale (e.g. -1 for 2/255 * x - 1)")
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="raw uint8 images (.npy) for FINN's verification steps (foreign models)")
+    parser.add_argument("--expected", type=Path, default=None,
+                        help="the model's outputs on --inputs (.npy); default: qonnx executes the model")
     parser.add_argument("--allow-missing-vivado", action="store_true",
                         help="treat a missing Vivado as the planned end of the build (exit 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,7 +46,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """This command's own arguments, for a restart of the process."""
     argv = ["build", "--model", str(args.model), "--board", args.board]
     for flag, value in (("--out", args.out), ("--config", args.config), ("--input-scale", args.input_scale),
-                        ("--input-offset", args.input_offset)):
+                        ("--input-offset", args.input_offset), ("--inputs", args.inputs),
+                        ("--expected", args.expected)):
         if value is not None:
             argv += [flag, str(value)]
     argv += [flag for flag, on in (("--allow-missing-vivado", args.allow_missing_vivado),
@@ -70,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = build_accelerator(args.model, board=args.board, out_dir=args.out,
                             allow_missing_vivado=args.allow_missing_vivado, config=_config(args),
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, inputs=args.inputs, expected=args.expected)
     print(f"build folder: {out}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,19 @@ def step_rtlsim_partition(model: ModelWrapper, cfg: AgqBuildConfig) -> ModelWrap
     return model
 
 
+def _verified(step: object, verification: str) -> object:
+    """``step`` after deleting FINN's verification files of an earlier run of it (FINN names them
+    ``verify_<verification>_<image>_<SUCCESS|FAIL>.npy``, so a stale SUCCESS would survive a FAIL)."""
+
+    @functools.wraps(step)
+    def run(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+        for file in cfg.get_verification_output_directory().glob(f"verify_{verification}_*"):
+            file.unlink()
+        return step(model, cfg)
+
+    return run
+
+
 def build_steps(max_fps: bool) -> list:
     """The build without Vivado, in order: FINN's steps (by their names in FINN) and agq's; with
     ``max_fps`` agq's search replaces FINN's fixed-target folding step."""
@@ -164,9 +178,9 @@ def build_steps(max_fps: bool) -> list:
 
 # The build without Vivado at a fixed frame-rate target.
 BUILD_STEPS = [
-    finn.step_qonnx_to_finn,
-    finn.step_tidy_up,
-    finn.step_streamline,
+    _verified(finn.step_qonnx_to_finn, "finn_onnx_python"),
+    _verified(finn.step_tidy_up, "initial_python"),
+    _verified(finn.step_streamline, "streamlined_python"),
     step_round_thresholds,
     finn.step_convert_to_hw,
     step_output_scale_to_host,

@@ -23,6 +23,7 @@ from hw.rtlsim.report import FOLDER, LOGITS
 
 SHAPE = (1, 1, 8, 8)
 TRAIN = 1500  # digits images used for training; the other 297 are the test images
+VERIFY = 24  # test images for FINN's verification steps (Python execution, per image and step)
 
 
 class MLP(nn.Module):
@@ -94,14 +95,18 @@ def mlp(tmp_path_factory) -> dict[str, Path]:
     assert (expected.argmax(1) == labels[TRAIN:]).mean() > 0.7, "the MLP must have learnt something"
     np.save(root / "inputs.npy", images[TRAIN:])
     np.save(root / "expected.npy", expected)
-    return {"model": export(model, root / "export"), "inputs": root / "inputs.npy",
-            "expected": root / "expected.npy", "root": root}
+    np.save(root / "verify_inputs.npy", images[TRAIN : TRAIN + VERIFY])
+    np.save(root / "verify_expected.npy", expected[:VERIFY])
+    return {"model": export(model, root / "export"), "root": root,
+            **{name: root / f"{name}.npy"
+               for name in ("inputs", "expected", "verify_inputs", "verify_expected")}}
 
 
 @pytest.fixture(scope="module")
 def mlp_build(mlp) -> Path:
     out = mlp["root"] / "build"
     code = main(["build", "--model", str(mlp["model"]), "--out", str(out), "--input-scale", "1/255",
+                 "--inputs", str(mlp["verify_inputs"]), "--expected", str(mlp["verify_expected"]),
                  "--allow-missing-vivado", "--no-progress"])
     assert code == 0
     return out
@@ -127,6 +132,27 @@ def test_foreign_mlp_builds_all_rtl_with_the_mapping_in_the_first_thresholds(mlp
     first = next(n for n in report["certificate"]["partition"] if n["op_type"] == "Thresholding_rtl")
     assert first["inputs"][0]["datatype"] == "UINT8"  # x/255 and the input quantizer are one thresholding
     assert {n["op_type"] for n in report["host_nodes"]} == {"Mul"}  # the logit scale only
+
+
+def test_finn_verifies_the_intermediate_models_on_the_users_files(mlp, mlp_build, tmp_path):
+    from hw.build import build_accelerator
+    from hw.config import HwConfig
+
+    n = VERIFY
+    assert np.array_equal(np.load(mlp_build / "input.npy"), np.load(mlp["verify_inputs"]).astype(np.float32))
+    assert np.array_equal(np.load(mlp_build / "expected_output.npy"), np.load(mlp["verify_expected"]))
+    verification = json.loads((mlp_build / "report.json").read_text())["finn_verification"]
+    assert verification["steps"] == {step: {"passed": n, "failed": 0}
+                                     for step in ("finn_onnx_python", "initial_python", "streamlined_python")}
+    wrong = tmp_path / "wrong.npy"
+    changed = np.load(mlp["verify_expected"])
+    changed[:3] += 1.0
+    np.save(wrong, changed)
+    out = build_accelerator(mlp["model"], out_dir=tmp_path / "build", allow_missing_vivado=True,
+                            progress=False, config=HwConfig(input_scale=1 / 255), inputs=mlp["verify_inputs"],
+                            expected=wrong)
+    steps = json.loads((out / "report.json").read_text())["finn_verification"]["steps"]
+    assert steps["streamlined_python"] == {"passed": n - 3, "failed": 3}
 
 
 def test_foreign_mlp_is_bit_exact_in_rtl_against_finn_and_expected(mlp, mlp_build, capsys):
