@@ -32,15 +32,30 @@ REPORT = "report.json"
 LOG = "build.log"
 
 
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read weights kept in separate files (torch's dynamo exporter writes ``model.onnx.data``), naming
+    a file that is not beside the model instead of onnx's bare FileNotFoundError."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    files = {ExternalDataInfo(t).location for t in proto.graph.initializer if uses_external_data(t)}
+    for name in sorted(files):
+        if not (path.parent / name).is_file():
+            raise AgqError(f"{path}: its weights are in {name} (ONNX external data), which is not beside it; "
+                           "copy that file next to the model")
+    if files:
+        load_external_data_for_model(proto, str(path.parent))
+
+
 def load_qonnx(path: Path) -> onnx.ModelProto:
     """The exported model, checked to be a QONNX model with an integer input; AgqError otherwise."""
     if not path.is_file():
         raise AgqError(f"model file not found: {path}")
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError... for a non-ONNX file
         raise AgqError(f"{path} is not an ONNX model ({type(exc).__name__}); "
                        "export one with `agq export`") from None
+    _load_external_data(proto, path)
     if not proto.graph.node or not any(n.op_type in QONNX_OPS for n in proto.graph.node):
         raise AgqError(f"{path} is not a QONNX model: it has no Quant nodes; export it with `agq export`")
     return proto

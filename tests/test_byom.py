@@ -59,6 +59,31 @@ class PoolCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.act(self.bn(self.conv(self.inp(x))))), 1))
 
 
+class AffineTail(nn.Module):
+    """Input quantizer, 4-bit QuantLinear + BN + ReLU, then a head with a float bias and a final
+    BatchNorm1d: a per-channel scale and offset after the last layer, which belong on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = QuantIdentity(bit_width=8, return_quant_tensor=True)
+        self.fc1, self.bn1 = QuantLinear(64, 32, bias=False, weight_bit_width=4), nn.BatchNorm1d(32)
+        self.act1 = QuantReLU(bit_width=4)
+        self.fc2, self.tail = QuantLinear(32, 10, bias=True, weight_bit_width=8), nn.BatchNorm1d(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.fc2(self.act1(self.bn1(self.fc1(self.inp(x.flatten(1)))))))
+
+
+def calibrated(module: nn.Module) -> nn.Module:
+    """``module`` after a few training-mode passes (non-trivial BN statistics), in eval mode."""
+    torch.manual_seed(0)
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):
+            module(torch.rand(16, *SHAPE[1:]) * 2 - 1)
+    return module.eval()
+
+
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as raw uint8 images (N, 1, 8, 8) and labels."""
     from sklearn.datasets import load_digits
@@ -211,13 +236,8 @@ def test_float_input_without_the_mapping_is_refused_naming_the_option(mlp, tmp_p
 
 
 def test_maxpool_cnn_builds_to_sources_and_rtlsim_names_the_layer(mlp, tmp_path, capsys):
-    torch.manual_seed(0)
-    model = PoolCNN().train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(8, *SHAPE[1:]))
-    out = tmp_path / "build"
-    assert main(["build", "--model", str(export(model, tmp_path / "export")), "--out", str(out),
+    out, model = tmp_path / "build", export(calibrated(PoolCNN()), tmp_path / "export")
+    assert main(["build", "--model", str(model), "--out", str(out),
                  "--input-scale", "2/255", "--input-offset", "-1", "--allow-missing-vivado",
                  "--no-progress"]) == 0
     assert "only an HLS implementation in finn-plus: Pool_hls_0 (Pool_hls)" in capsys.readouterr().out
@@ -229,3 +249,41 @@ def test_maxpool_cnn_builds_to_sources_and_rtlsim_names_the_layer(mlp, tmp_path,
     err = one_line_error(capsys, ["rtlsim", "--build", str(out), "--inputs", str(mlp["inputs"]),
                                   "--no-progress"])
     assert "not an all-RTL build" in err and "Pool_hls_0 (Pool_hls)" in err
+
+
+def test_per_channel_affine_after_the_last_layer_goes_to_the_host(mlp, tmp_path, capsys):
+    model = calibrated(AffineTail())
+    images = np.load(mlp["inputs"])[:60]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images).float() * (2 / 255) - 1).numpy()
+    np.save(tmp_path / "inputs.npy", images)
+    np.save(tmp_path / "expected.npy", expected)
+    out = tmp_path / "build"
+    assert main(["build", "--model", str(export(model, tmp_path / "export")), "--out", str(out),
+                 "--input-scale", "2/255", "--input-offset", "-1", "--allow-missing-vivado",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["partition"]["all_rtl"] and report["certificate"]["integer_only"]
+    tail = [n for n in report["host_nodes"] if n["op_type"] in {"Mul", "Add"}]
+    assert [n["op_type"] for n in tail] == ["Mul", "Add"]
+    assert len(tail[1]["inputs"][1]["values"]) == 10  # the per-channel offset, listed on the host side
+    assert main(["rtlsim", "--build", str(out), "--inputs", str(tmp_path / "inputs.npy"),
+                 "--expected", str(tmp_path / "expected.npy"), "--no-progress"]) == 0
+    exact = json.loads((out / FOLDER / "report.json").read_text())["bit_exact"]
+    assert exact["finn_python"] == exact["expected"] == len(images)
+
+
+def test_external_weights_are_read_and_a_missing_file_is_named(mlp, tmp_path, capsys):
+    import onnx
+
+    folder = tmp_path / "external"
+    folder.mkdir()
+    onnx.save(onnx.load(str(mlp["model"])), str(folder / "model.onnx"), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    from hw.build import load_qonnx
+
+    assert len(load_qonnx(folder / "model.onnx").graph.initializer) > 0
+    (folder / "weights.bin").unlink()
+    err = one_line_error(capsys, ["build", "--model", str(folder / "model.onnx"), "--input-scale", "1/255",
+                                  "--no-progress"])
+    assert "its weights are in weights.bin (ONNX external data), which is not beside it" in err

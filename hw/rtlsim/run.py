@@ -99,7 +99,7 @@ def _images(info: BuildInfo, cfg: Any, images: int | None, inputs: Path | None, 
     """(raw images, labels or None, where the images come from, expected integer outputs or None)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from hw.rtlsim.user_data import load_expected, load_inputs
+    from hw.rtlsim.user_data import host_tail, load_expected, load_inputs
     from training.data import test_images
 
     if inputs is None:
@@ -116,7 +116,7 @@ def _images(info: BuildInfo, cfg: Any, images: int | None, inputs: Path | None, 
     want = None
     if expected is not None:
         outputs = int(np.prod(parent.get_tensor_shape(parent.graph.output[0].name)[1:]))
-        want = load_expected(Path(expected), len(raw), outputs, info.output_scale)[:images]
+        want = load_expected(Path(expected), len(raw), outputs, host_tail(parent))[:images]
     return raw[:images], None, f"--inputs {inputs}", want
 
 

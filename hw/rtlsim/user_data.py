@@ -4,9 +4,9 @@ The accelerator takes raw uint8 pixels in the model's input layout, so the image
 array of shape (N, *input shape without batch) with values in 0..255; a float array is refused even
 when its values are whole numbers, because it is most often already preprocessed (x/255). The
 expected outputs are what the user's model computes on those images (N, *output shape): integers are
-compared with the hardware's integer outputs as they are, floats after division by the build's output
-scale and rounding (the host side of the accelerator multiplies by that scale). Every problem is one
-AgqError naming the file and what is wrong.
+compared with the hardware's integer outputs as they are, floats after undoing the host side of the
+accelerator (the float Mul/Add nodes after the partition: the logit scale, a per-channel affine) and
+rounding. Every problem is one AgqError naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
 
 from agq.errors import AgqError
 
 PIXEL_MAX = 255
+SDP = "StreamingDataflowPartition"
+INVERTIBLE = {"Mul", "Add"}
 
 
 def _load(path: Path, option: str) -> np.ndarray:
@@ -48,8 +51,25 @@ def load_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def load_expected(path: Path, images: int, outputs: int, output_scale: float | None) -> np.ndarray:
-    """Expected outputs as int64 (images, outputs) in the hardware's integer domain."""
+def host_tail(parent: ModelWrapper) -> list[tuple[str, str, np.ndarray]]:
+    """(node name, op, constant) of every node after the dataflow partition, in order; AgqError naming
+    a node that is not an elementwise Mul/Add with a constant (agq cannot undo it)."""
+    nodes = list(parent.graph.node)
+    sdp = next(i for i, n in enumerate(nodes) if n.op_type == SDP)
+    tail = []
+    for node in nodes[sdp + 1 :]:
+        consts = [parent.get_initializer(name) for name in node.input]
+        if node.op_type not in INVERTIBLE or sum(c is not None for c in consts) != 1 or consts[0] is not None:
+            raise AgqError(f"--expected: the host side after the partition has {node.name} ({node.op_type}), "
+                           "which agq cannot undo; give the partition's integer outputs as --expected")
+        tail.append((node.name, node.op_type, consts[1].astype(np.float64)))
+    return tail
+
+
+def load_expected(path: Path, images: int, outputs: int, tail: list[tuple[str, str, np.ndarray]]
+                  ) -> np.ndarray:
+    """Expected outputs as int64 (images, outputs) in the hardware's integer domain; float outputs are
+    taken back through the host side ``tail`` (:func:`host_tail`) and rounded."""
     data = _load(path, "--expected")
     if len(data.shape) < 1 or data.shape[0] != images or data.size != images * outputs:
         raise AgqError(f"--expected {path}: shape {data.shape}, need {images} rows (one per --inputs image) "
@@ -59,9 +79,13 @@ def load_expected(path: Path, images: int, outputs: int, output_scale: float | N
         return flat.astype(np.int64)
     if data.dtype.kind != "f" or not np.isfinite(flat).all():
         raise AgqError(f"--expected {path}: dtype {data.dtype} with non-finite or non-numeric values")
-    if output_scale is None:
-        if not np.array_equal(flat, np.round(flat)):
-            raise AgqError(f"--expected {path}: the build has no output scale, so the expected outputs "
-                           "must be integers")
-        return flat.astype(np.int64)
-    return np.round(flat.astype(np.float64) / output_scale).astype(np.int64)
+    values = flat.astype(np.float64)
+    for name, op, const in reversed(tail):
+        if op == "Mul" and not np.all(const):
+            raise AgqError(f"--expected {path}: {name} multiplies by 0, so the hardware's output cannot be "
+                           "recovered from the expected outputs")
+        values = values / const.reshape(1, -1) if op == "Mul" else values - const.reshape(1, -1)
+    if not tail and not np.array_equal(values, np.round(values)):
+        raise AgqError(f"--expected {path}: the build has no host-side scale, so the expected outputs must "
+                       "be integers")
+    return np.round(values).astype(np.int64)
