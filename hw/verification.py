@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from hw.rtlsim.user_data import load_inputs
+from hw.rtlsim.user_data import load_array, load_inputs
 from training.checkpoint import atomic_write_bytes
 
 INPUT = "input.npy"
 EXPECTED = "expected_output.npy"
 DEFAULT_IMAGES = 8
+# FINN executes every verification image once per step in Python: the first 32 of the user's files
+MAX_IMAGES = 32
 # FINN's mean-relative-error check divides by the expected value: a logit that is 0 in one execution and
 # 6e-8 in the other (measured, a foreign MLP on digits) is a relative error of 1 and fails the image.
 # Its element-wise check (atol 1e-3 + rtol 1e-5) and mean absolute error check stay on.
@@ -78,16 +80,17 @@ def verification_pair(model: ModelWrapper, card: Path | None, inputs: Path | Non
     shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
     if inputs is not None:
         x = load_inputs(Path(inputs), shape)
-        source = f"--inputs {inputs}"
+        total, x = len(x), x[:MAX_IMAGES]
+        source = f"--inputs {inputs} (first {len(x)} of {total})"
     else:
         x = np.random.default_rng(0).integers(0, 256, (DEFAULT_IMAGES, *shape[1:])).astype(np.float32)
         source = f"{DEFAULT_IMAGES} seeded random uint8 images"
     if expected is None:
         return x, _qonnx_outputs(model, x), f"{source}, expected from qonnx's execution of the model"
-    y = np.load(expected, allow_pickle=False)
-    if len(y) != len(x):
-        raise AgqError(f"--expected {expected}: {len(y)} rows for {len(x)} --inputs images")
-    return x, y.astype(np.float32), f"{source}, --expected {expected}"
+    y = load_array(Path(expected), "--expected")
+    if len(y) != total:
+        raise AgqError(f"--expected {expected}: {len(y)} rows for {total} --inputs images")
+    return x, y[: len(x)].astype(np.float32), f"{source}, --expected {expected}"
 
 
 def write_pair(build_dir: Path, x: np.ndarray, y: np.ndarray) -> None:

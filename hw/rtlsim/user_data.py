@@ -23,7 +23,8 @@ SDP = "StreamingDataflowPartition"
 INVERTIBLE = {"Mul", "Add"}
 
 
-def _load(path: Path, option: str) -> np.ndarray:
+def load_array(path: Path, option: str) -> np.ndarray:
+    """One array from a .npy file; AgqError naming ``option`` and the file when it is not one."""
     if not path.is_file():
         raise AgqError(f"{option} {path}: file not found")
     try:
@@ -37,7 +38,7 @@ def _load(path: Path, option: str) -> np.ndarray:
 
 def load_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     """Raw images (N, *input_shape[1:]) as float32 (the partition's container type) from ``path``."""
-    data = _load(path, "--inputs")
+    data = load_array(path, "--inputs")
     want = tuple(input_shape[1:])
     if data.ndim != len(want) + 1 or tuple(data.shape[1:]) != want or len(data) == 0:
         dims = ", ".join(map(str, want))
@@ -70,7 +71,7 @@ def load_expected(path: Path, images: int, outputs: int, tail: list[tuple[str, s
                   ) -> np.ndarray:
     """Expected outputs as int64 (images, outputs) in the hardware's integer domain; float outputs are
     taken back through the host side ``tail`` (:func:`host_tail`) and rounded."""
-    data = _load(path, "--expected")
+    data = load_array(path, "--expected")
     if len(data.shape) < 1 or data.shape[0] != images or data.size != images * outputs:
         raise AgqError(f"--expected {path}: shape {data.shape}, need {images} rows (one per --inputs image) "
                        f"of {outputs} values")
