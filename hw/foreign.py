@@ -1,10 +1,10 @@
 """Models agq did not train: the raw-pixel input mapping and the checks that name what to change.
 
-FINN's own end-to-end examples (``tfc_end2end``, ``cnv_end2end``) prepend the input preprocessing of a
-float-input model (a division by 255) as ONNX nodes, annotate the new input UINT8 and let streamlining
-absorb the preprocessing into the thresholds of the model's input quantizer. qonnx has no
-transformation for an arbitrary ``scale * x + offset`` (FINN builds its ``ToTensor`` module in PyTorch
-and merges the exported graph), so :class:`PrependInputMapping` inserts the two nodes itself.
+FINN's end-to-end examples (tfc/cnv notebooks) prepend the input preprocessing of a float-input model
+(a division by 255, a small PyTorch module exported and joined with qonnx's MergeONNXModels), annotate
+the new input UINT8 and let streamlining absorb the preprocessing into the thresholds of the model's
+input quantizer. finn-plus 1.6.1 ships no such preprocessing module, and MergeONNXModels renames every
+tensor of the model at random, so :class:`PrependInputMapping` inserts the Mul (and Add) by hand.
 """
 
 from __future__ import annotations
