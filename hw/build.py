@@ -25,9 +25,25 @@ from hw.boards import DEFAULT_BOARD, Board, resolve_board
 from hw.config import MAX_FPS, HwConfig, load_hw_config
 from training.checkpoint import atomic_write_bytes, file_sha256
 
+MODEL_CARD = "model.json"
+
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
 REPORT = "report.json"
 LOG = "build.log"
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read weights kept in separate files (torch's dynamo exporter writes ``model.onnx.data``), naming
+    a file that is not beside the model instead of onnx's bare FileNotFoundError."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    files = {ExternalDataInfo(t).location for t in proto.graph.initializer if uses_external_data(t)}
+    for name in sorted(files):
+        if not (path.parent / name).is_file():
+            raise AgqError(f"{path}: its weights are in {name} (ONNX external data), which is not beside it; "
+                           "copy that file next to the model")
+    if files:
+        load_external_data_for_model(proto, str(path.parent))
 
 
 def load_qonnx(path: Path) -> onnx.ModelProto:
@@ -35,21 +51,14 @@ def load_qonnx(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise AgqError(f"model file not found: {path}")
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError... for a non-ONNX file
         raise AgqError(f"{path} is not an ONNX model ({type(exc).__name__}); "
                        "export one with `agq export`") from None
+    _load_external_data(proto, path)
     if not proto.graph.node or not any(n.op_type in QONNX_OPS for n in proto.graph.node):
         raise AgqError(f"{path} is not a QONNX model: it has no Quant nodes; export it with `agq export`")
     return proto
-
-
-def _require_integer_input(model: object, path: Path) -> None:
-    name = model.graph.input[0].name
-    dt = model.get_tensor_datatype(name)
-    if not dt.is_integer():
-        raise AgqError(f"{path}: input {name!r} is {dt.name}; annotate it as the raw image type "
-                       "(UINT8), as `agq export` does, so the first layer stays integer")
 
 
 def _source_hash() -> str:
@@ -60,12 +69,14 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
-def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path) -> str:
+def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool,
+             verification: bytes = b"") -> str:
     """Cache key of the whole build: input model, config (and its folding and FIFO files), board, build
-    folder, code and FINN version."""
+    folder, whether all-RTL is required, FINN's verification data, code and FINN version."""
     digest = hashlib.sha256(proto.SerializeToString())
+    digest.update(hashlib.sha256(verification).digest())
     meta = {"config": hw_cfg.to_dict(), "board": board.name, "dir": str(build_dir.resolve()),
-            "code": _source_hash(), "finn": version("finn-plus")}
+            "code": _source_hash(), "finn": version("finn-plus"), "all_rtl": all_rtl}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for file in (hw_cfg.folding_config, hw_cfg.fifo_config):
         if file:
@@ -73,10 +84,22 @@ def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: 
     return digest.hexdigest()
 
 
-def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
-    """FINN's DataflowBuildConfig (agq's subclass) for this build."""
+def is_agq_export(model: Path) -> bool:
+    """True if ``model`` is the file `agq export` wrote: its model.json beside it names its sha256."""
+    card = model.parent / MODEL_CARD
+    try:
+        return json.loads(card.read_text())["model"]["sha256"] == file_sha256(model)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool = True) -> object:
+    """FINN's DataflowBuildConfig (agq's subclass) for this build; ``all_rtl``: a layer without RTL
+    stops the build. FINN's Python verification steps check the intermediate models on the build's
+    ``input.npy`` / ``expected_output.npy``."""
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
 
+    from hw import verification
     from hw.steps import AgqBuildConfig
 
     outputs = [DataflowOutputType.ESTIMATE_REPORTS, DataflowOutputType.STITCHED_IP]
@@ -102,6 +125,11 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path) -> object:
         generate_outputs=outputs,
         max_utilization=hw_cfg.max_utilization,
         fifo_depth=hw_cfg.fifo_depth,
+        all_rtl=all_rtl,
+        verify_steps=verification.verify_steps(),
+        verify_input_npy=str(build_dir / verification.INPUT),
+        verify_expected_output_npy=str(build_dir / verification.EXPECTED),
+        verification_mean_rtol=verification.MEAN_RTOL,
     )
 
 
@@ -122,12 +150,28 @@ def _paths(build_dir: Path) -> dict[str, str]:
     }
 
 
-def _results(build_dir: Path) -> dict:
-    """The certificate and estimates agq's steps wrote into FINN's report folder."""
+def _partition(build_dir: Path, part: str) -> dict:
+    """RTL and HLS layer counts of the simulation partition, and every layer that is not RTL."""
+    from finn.util.fpgadataflow import is_rtl_node
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw.rtl_check import non_rtl_layers
+    from hw.steps import PARTITION_HDL
+
+    partition = ModelWrapper(str(build_dir / PARTITION_HDL))
+    non_rtl = non_rtl_layers(partition, part)
+    rtl = sum(is_rtl_node(n) for n in partition.graph.node)
+    return {"rtl_nodes": rtl, "hls_nodes": len(partition.graph.node) - rtl, "all_rtl": not non_rtl,
+            "non_rtl": non_rtl}
+
+
+def _results(build_dir: Path, part: str) -> dict:
+    """The certificate and estimates agq's steps wrote into FINN's report folder, and the partition."""
     from hw.steps import CERTIFICATE, ESTIMATES
 
     cert = json.loads((build_dir / "report" / CERTIFICATE).read_text())
     return {
+        "partition": _partition(build_dir, part),
         "certificate": cert,
         "host_nodes": cert["host"],
         "output_scale": cert["output_scale"],
@@ -146,6 +190,15 @@ def _prune(build_dir: Path, records: list[dict]) -> None:
     prune.prune_generated_code(finn_tmp, prune.referenced_paths(files, finn_tmp))
 
 
+def _say_hls(partition: dict, build_dir: Path) -> None:
+    """Name the layers that have only HLS in finn-plus: sources generated, Vitis HLS needed."""
+    if partition["non_rtl"]:
+        names = ", ".join(f"{n['name']} ({n['op_type']})" for n in partition["non_rtl"])
+        print(f"{partition['hls_nodes']} layer(s) have only an HLS implementation in finn-plus: {names}; "
+              f"their HLS sources are generated under {build_dir / finn_env.FINN_TMP} (Vitis HLS "
+              "synthesizes them); `agq rtlsim` simulates only all-RTL builds")
+
+
 def build_accelerator(
     model: Path,
     board: str = DEFAULT_BOARD,
@@ -153,6 +206,9 @@ def build_accelerator(
     allow_missing_vivado: bool = False,
     config: Path | HwConfig | None = None,
     progress: bool = True,
+    all_rtl: bool | None = None,
+    inputs: Path | None = None,
+    expected: Path | None = None,
 ) -> Path:
     """Build the accelerator for ``model`` on ``board``; returns the build folder.
 
@@ -160,24 +216,35 @@ def build_accelerator(
     with ``allow_missing_vivado``, prints the same paragraph and returns normally. report.json's
     ``status`` is "complete", "no_vivado" or "failed" (with the error), so a stale report never
     describes a build that has since failed.
+
+    ``all_rtl``: a layer without an RTL implementation stops the build (True) or is listed in the
+    report with its HLS sources generated (False); by default True exactly for a model `agq export`
+    wrote (agq's contract), False for models agq did not train. ``inputs`` / ``expected`` (.npy) feed
+    FINN's verification steps (see :mod:`hw.verification`).
     """
     model = Path(model)
     target = resolve_board(board)
     hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
     proto = load_qonnx(model)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw import verification
+    from hw.foreign import prepare_input
+
+    wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())  # before any file is made
+    agq_export = is_agq_export(model)
+    x, y, verify_source = verification.verification_pair(
+        wrapper, model.parent / MODEL_CARD if agq_export else None, inputs, expected)
     build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
     missing = vivado.missing(target, hw_cfg)
     finn_steps = finn_env.finn_steps()
-    from qonnx.core.modelwrapper import ModelWrapper
-
     from hw import steps
     from hw.runner import StepRunner
 
-    wrapper = ModelWrapper(proto)
-    _require_integer_input(wrapper, model)
-    cfg = finn_config(hw_cfg, target, build_dir)
+    all_rtl = agq_export if all_rtl is None else all_rtl
+    cfg = finn_config(hw_cfg, target, build_dir, all_rtl=all_rtl)
     build_steps = steps.build_steps(cfg.max_fps)
     if not missing:
         build_steps += vivado.vivado_steps(finn_steps, target, hw_cfg)
@@ -187,16 +254,19 @@ def build_accelerator(
         "status": "failed",
         "model": str(model.resolve()),
         "model_sha256": file_sha256(model),
+        "agq_export": agq_export,
         "board": target.to_dict(),
         "config": hw_cfg.to_dict(),
         "finn_version": version("finn-plus"),
         "vivado": {"missing": missing, "env": {} if missing else finn_env.prepare_vivado_env()},
         "paths": _paths(build_dir),
     }
+    verification.write_pair(build_dir, x, y)
     start = time.perf_counter()
     with (build_dir / LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
-        runner = StepRunner(build_dir, cfg, base_key(proto, hw_cfg, target, build_dir), log, progress)
+        key = base_key(proto, hw_cfg, target, build_dir, all_rtl, x.tobytes() + y.tobytes())
+        runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
             runner.run(build_steps, wrapper, required)
         except AgqError as exc:
@@ -208,13 +278,21 @@ def build_accelerator(
         "status": "no_vivado" if missing else "complete",
         "build_seconds": round(time.perf_counter() - start, 2),
         "steps": runner.records,
-        **_results(build_dir),
+        **_results(build_dir, target.part),
+        "finn_verification": {"data": verify_source, "steps": verification.results(build_dir)},
     })
     report_md.write(build_dir, done)
+    _say_hls(done["partition"], build_dir)
+    failed = {step: r["failed"] for step, r in done["finn_verification"]["steps"].items() if r["failed"]}
+    if failed:
+        print(f"FINN's verification failed on some images (step: images): {failed}; see "
+              f"{build_dir / 'verification_output'}")
     if missing:
         command = f"agq build --model {model} --board {target.name} --out {build_dir}"
         if isinstance(config, str | Path):
             command += f" --config {config}"
+        elif hw_cfg.input_scale:
+            command += f" --input-scale {hw_cfg.input_scale!r} --input-offset {hw_cfg.input_offset!r}"
         paragraph = vivado.stop_paragraph(build_dir, target.name, command, missing)
         if not allow_missing_vivado:
             raise vivado.no_vivado_error(paragraph)

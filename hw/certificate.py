@@ -18,6 +18,8 @@ from agq.errors import AgqError
 
 SDP = "StreamingDataflowPartition"
 # the name FINN's layers give their parameter input (input 1), by op type prefix
+# host-side constants up to this many values are listed in full (per-channel output affines)
+MAX_LISTED = 1024
 PARAM_ROLES = {"MVAU": "weights", "VVAU": "weights", "Thresholding": "thresholds"}
 
 
@@ -82,6 +84,8 @@ def host_node(model: ModelWrapper, node) -> dict:  # noqa: ANN001 - an onnx Node
             entry["shape"] = list(values.shape)
             if values.size == 1:
                 entry["value"] = float(values.reshape(-1)[0])
+            elif values.size <= MAX_LISTED:  # a per-channel scale or offset moved to the host
+                entry["values"] = values.reshape(-1).astype(float).tolist()
         inputs.append(entry)
     return {"name": node.name, "op_type": node.op_type, "inputs": inputs,
             "outputs": [{"tensor": o, "datatype": model.get_tensor_datatype(o).name} for o in node.output]}

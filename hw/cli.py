@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from hw.boards import DEFAULT_BOARD
+from hw.config import HwConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,21 +19,52 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="build folder (default <model folder>/<board>)")
     parser.add_argument("--config", type=Path, default=None,
                         help="hardware config YAML (default configs/hw/default.yaml)")
+    parser.add_argument("--input-scale", type=_number, default=None,
+                        help="float-input models: raw uint8 pixel x maps to SCALE * x + OFFSET (e.g. 1/255)")
+    parser.add_argument("--input-offset", type=_number, default=None,
+                        help="see --input-scale (e.g. -1 for 2/255 * x - 1)")
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="raw uint8 images (.npy) for FINN's verification steps (foreign models)")
+    parser.add_argument("--expected", type=Path, default=None,
+                        help="the model's outputs on --inputs (.npy); default: qonnx executes the model")
     parser.add_argument("--allow-missing-vivado", action="store_true",
                         help="treat a missing Vivado as the planned end of the build (exit 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
+def _number(text: str) -> float:
+    """A float or a fraction ``a/b`` (1/255 is what a user knows, not its decimal expansion)."""
+    num, _, den = text.partition("/")
+    try:
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction a/b: {text!r}") from None
+
+
 def _argv(args: argparse.Namespace) -> list[str]:
     """This command's own arguments, for a restart of the process."""
     argv = ["build", "--model", str(args.model), "--board", args.board]
-    for flag, value in (("--out", args.out), ("--config", args.config)):
+    for flag, value in (("--out", args.out), ("--config", args.config), ("--input-scale", args.input_scale),
+                        ("--input-offset", args.input_offset), ("--inputs", args.inputs),
+                        ("--expected", args.expected)):
         if value is not None:
             argv += [flag, str(value)]
     argv += [flag for flag, on in (("--allow-missing-vivado", args.allow_missing_vivado),
                                    ("--no-progress", args.no_progress)) if on]
     return argv
+
+
+def _config(args: argparse.Namespace) -> Path | HwConfig | None:
+    """The config file, with the input mapping options laid over it when given."""
+    if args.input_scale is None and args.input_offset is None:
+        return args.config
+    from hw.config import hw_config_from_dict, load_hw_config
+
+    base = load_hw_config(args.config)
+    scale = base.input_scale if args.input_scale is None else args.input_scale
+    offset = base.input_offset if args.input_offset is None else args.input_offset
+    return hw_config_from_dict({**base.to_dict(), "input_scale": scale, "input_offset": offset})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     restart_with_xilinx_libraries(_argv(args))  # XSim's kernel loads in-process: the loader must see it
 
     out = build_accelerator(args.model, board=args.board, out_dir=args.out,
-                            allow_missing_vivado=args.allow_missing_vivado, config=args.config,
-                            progress=not args.no_progress)
+                            allow_missing_vivado=args.allow_missing_vivado, config=_config(args),
+                            progress=not args.no_progress, inputs=args.inputs, expected=args.expected)
     print(f"build folder: {out}")
     return 0

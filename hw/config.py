@@ -8,6 +8,7 @@ cache key, so changing one re-runs the build from the start.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,18 @@ from agq.errors import AgqError
 # target_fps value that asks for the fastest folding that fits the board
 MAX_FPS = "max"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "hw" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """How a raw uint8 pixel ``x`` maps to the model's float input: ``scale * x + offset``."""
+
+    scale: float
+    offset: float = 0.0
+
+    def __str__(self) -> str:
+        text = f"{self.scale:.9g} * x"
+        return text + (f" {'+-'[self.offset < 0]} {abs(self.offset):.9g}" if self.offset else "")
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,9 @@ class HwConfig:
     in RTL simulation than depth 32. ``fifo_config`` optionally names FINN's FIFO-depth JSON of an earlier
     Vivado build (``final_hw_config.json``): FINN then applies those depths instead of sizing them by
     XSim simulation. ``ooc_synth`` adds FINN's out-of-context synthesis of the stitched IP (real
-    resources and Fmax; Vivado only).
+    resources and Fmax; Vivado only). ``input_scale`` and ``input_offset`` state, for a model with a
+    float input (one agq did not train), how a raw uint8 pixel x maps to it: ``input_scale * x +
+    input_offset`` (x/255: 1/255 and 0); 0 means the model already takes uint8 pixels.
     """
 
     target_fps: int | str = 20000
@@ -47,6 +62,12 @@ class HwConfig:
     fifo_depth: int = 32
     fifo_config: str = ""
     ooc_synth: bool = False
+    input_scale: float = 0.0
+    input_offset: float = 0.0
+
+    def input_mapping(self) -> InputMapping | None:
+        """How raw uint8 pixels map to a float-input model's input (None: the input is already uint8)."""
+        return InputMapping(self.input_scale, self.input_offset) if self.input_scale else None
 
     def validate(self) -> None:
         if self.target_fps != MAX_FPS and (not isinstance(self.target_fps, int) or self.target_fps < 1):
@@ -59,6 +80,11 @@ class HwConfig:
             raise AgqError(f"hw config max_utilization={self.max_utilization}: must be in (0, 1]")
         if self.fifo_depth < 2:
             raise AgqError(f"hw config fifo_depth={self.fifo_depth}: must be >= 2")
+        for key in ("input_scale", "input_offset"):
+            if not math.isfinite(getattr(self, key)):
+                raise AgqError(f"hw config {key}={getattr(self, key)}: must be a finite number")
+        if self.input_offset and not self.input_scale:
+            raise AgqError(f"hw config input_offset={self.input_offset}: needs input_scale as well")
         for key in ("folding_config", "fifo_config"):
             value = getattr(self, key)
             if value and not Path(value).is_file():

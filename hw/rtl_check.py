@@ -82,13 +82,20 @@ def hls_fallback(model: ModelWrapper, node, part: str) -> tuple[str, str]:  # no
     return (f"FINN has no RTL implementation of {op} for {part}", "remove or replace this layer")
 
 
-def require_all_rtl(model: ModelWrapper, part: str) -> None:
-    """Raise AgqError naming every partition layer that is not RTL, with the reason and the fix."""
-    problems = []
+def non_rtl_layers(model: ModelWrapper, part: str) -> list[dict[str, str]]:
+    """Every partition layer that is not RTL, with the reason and the fix (the build report's list)."""
+    layers = []
     for node in model.graph.node:
         if not is_rtl_node(node):
             reason, fix = hls_fallback(model, node, part)
-            problems.append(f"{node.name} ({node.op_type}): {reason}; fix: {fix}")
+            layers.append({"name": node.name, "op_type": node.op_type, "reason": reason, "fix": fix})
+    return layers
+
+
+def require_all_rtl(model: ModelWrapper, part: str) -> None:
+    """Raise AgqError naming every partition layer that is not RTL, with the reason and the fix."""
+    problems = [f"{n['name']} ({n['op_type']}): {n['reason']}; fix: {n['fix']}"
+                for n in non_rtl_layers(model, part)]
     if problems:
         raise AgqError("all-RTL check failed, layer(s) would fall back to HLS: " + " | ".join(problems))
 
@@ -123,14 +130,15 @@ def unmapped_reason(model: ModelWrapper, node) -> tuple[str, str]:  # noqa: ANN0
             "remove it, or keep it before the first or after the last quantized layer (host side)")
 
 
-def require_mapped(model: ModelWrapper) -> None:
-    """Raise AgqError naming every plain ONNX node sitting between hardware layers, and every pooling
-    layer (FINN has pooling only in HLS, so such a network can never be all-RTL)."""
+def require_mapped(model: ModelWrapper, allow_hls: bool = False) -> None:
+    """Raise AgqError naming every plain ONNX node sitting between hardware layers, and, unless
+    ``allow_hls``, every pooling layer (FINN has pooling only in HLS, so such a network can never be
+    all-RTL)."""
     hw = [n for n in model.graph.node if is_hw_node(n)]
     between = _reachable(model, hw, forward=True) & _reachable(model, hw, forward=False)
     problems = []
     for node in model.graph.node:
-        if is_hw_node(node) and _base_op(node.op_type) in POOLING_HW:
+        if is_hw_node(node) and _base_op(node.op_type) in POOLING_HW and not allow_hls:
             reason, fix = HLS_ONLY[_base_op(node.op_type)]
         elif node.name in between and not is_hw_node(node):
             reason, fix = unmapped_reason(model, node)

@@ -223,7 +223,7 @@ def vivado_steps(finn_steps: object, board: Board, hw_cfg: HwConfig) -> list:
 def stop_paragraph(build_dir: Path, board: str, command: str, missing_lines: list[str]) -> str:
     """One short paragraph: what was produced (paths), what is missing, how to continue."""
     return (
-        f"Stopped before the Vivado steps. Produced: {build_dir / 'partition_hdl.onnx'} (all-RTL partition, "
+        f"Stopped before the Vivado steps. Produced: {build_dir / 'partition_hdl.onnx'} (partition, "
         f"HDL in {build_dir / 'finn_tmp'}), {build_dir / 'report.json'} and {build_dir / 'report.md'} "
         f"(certificate, estimates), {build_dir / 'build.log'}. Missing for FIFO sizing, stitched IP, "
         f"bitstream, driver and deployment package ({VIVADO_VERSIONS} with Vitis HLS, FINN's "

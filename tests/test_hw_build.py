@@ -191,13 +191,15 @@ def test_integer_annotated_parameter_with_fractions_is_float(default_build):
 
 def test_global_pooling_is_refused(tmp_path):
     with pytest.raises(AgqError, match="global pooling has only an HLS layer") as err:
-        build_accelerator(export(Tiny(pool=True), tmp_path), allow_missing_vivado=True, progress=False)
+        build_accelerator(export(Tiny(pool=True), tmp_path), allow_missing_vivado=True, progress=False,
+                          all_rtl=True)
     assert "strided convolution" in str(err.value)
 
 
 def test_full_range_2bit_weights_fall_back_to_hls(tmp_path):
     with pytest.raises(AgqError, match="all-RTL check failed") as err:
-        build_accelerator(export(Tiny(narrow=False), tmp_path), allow_missing_vivado=True, progress=False)
+        build_accelerator(export(Tiny(narrow=False), tmp_path), allow_missing_vivado=True, progress=False,
+                          all_rtl=True)
     assert "MVAU_hls" in str(err.value) and "full-range INT2" in str(err.value)
     assert "narrow_range=True" in str(err.value)
 

@@ -149,3 +149,16 @@ def test_a_mis_wired_top_is_refused(build_dir):
     narrow = design.top_sv.replace(wire.group(0), f"wire [{int(wire.group(1)) - 1}:0] {wire.group(2)};")
     with pytest.raises(AgqError, match=r"generated top is mis-wired: %Warning-WIDTH"):
         compile_design(dataclasses.replace(design, top_sv=narrow))
+
+
+def test_finn_verifies_the_intermediate_models_against_pytorch(build_dir):
+    import json
+
+    report = json.loads((build_dir / "report.json").read_text())
+    assert report["agq_export"] is True and report["partition"]["all_rtl"]
+    verification = report["finn_verification"]
+    assert verification["data"].startswith("PyTorch (")
+    n = len(np.load(build_dir / "input.npy"))
+    assert n == len(np.load(build_dir / "expected_output.npy")) > 0
+    assert verification["steps"] == {step: {"passed": n, "failed": 0}
+                                     for step in ("finn_onnx_python", "initial_python", "streamlined_python")}

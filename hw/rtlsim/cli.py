@@ -1,4 +1,8 @@
-"""``agq rtlsim``: test images through the Verilator simulation of a build's RTL, bit-exact or an error."""
+"""``agq rtlsim``: images through the Verilator simulation of a build's RTL, bit-exact or an error.
+
+Images: agq's test split for a model agq exported, or your own raw uint8 images (--inputs, for any
+build); references: FINN's Python execution always, PyTorch for agq's models, --expected when given.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     parser.add_argument("--build", type=Path, required=True, help="build folder written by agq build")
-    parser.add_argument("--images", type=int, default=100, help="test images to simulate (default 100)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images to simulate (default 100 test images, or all of --inputs)")
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="raw uint8 images (.npy, N x the model's input shape), not agq's test split")
+    parser.add_argument("--expected", type=Path, default=None,
+                        help="the model's outputs on --inputs (.npy, N rows), compared with the hardware")
     parser.add_argument("--stall-prob", type=float, default=0.0,
                         help="probability that the output's TREADY is held low in a cycle (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stall pattern (default 0)")
@@ -27,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from hw.rtlsim.run import simulate
 
     report = simulate(args.build, images=args.images, stall_prob=args.stall_prob, seed=args.seed,
-                      jobs=args.jobs, progress=not args.no_progress)
+                      inputs=args.inputs, expected=args.expected, jobs=args.jobs,
+                      progress=not args.no_progress)
     print(summary(report))
     print(f"report: {args.build / FOLDER / 'report.md'}")
     if not report["ok"]:

@@ -1,7 +1,10 @@
-"""``simulate``: test images through the cycle-level RTL simulation of a build, against FINN and PyTorch.
+"""``simulate``: images through the cycle-level RTL simulation of a build, against its references.
 
-The simulator processes run while this process computes FINN's Python execution of the same partition
-and PyTorch's integer logits, so on two cores the references cost little extra wall time.
+The references are FINN's Python execution of the same partition (always), PyTorch's integer logits
+(models agq exported: their checkpoint is known) and the user's expected outputs (``--expected``).
+The images are agq's test split of the model's data set, or the user's own (``--inputs``; needed for a
+model agq did not train). The simulator processes run while this process computes the references, so
+on two cores they cost little extra wall time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agq.errors import AgqError
-from hw.rtlsim.build_info import read_build
+from hw.rtlsim.build_info import BuildInfo, read_build
 from hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_per_image
 from hw.rtlsim.report import write_report
 
@@ -24,6 +27,51 @@ WATCHDOG_FLOOR = 10_000
 # A run longer than this many times FINN's estimate per image (plus latency) is a livelock, not slow.
 MAX_CYCLES_FACTOR = 50
 MAX_DIAGNOSED = 20
+DEFAULT_IMAGES = 100
+
+
+class _TorchReference:
+    """PyTorch's exact integer logits of an agq model, and the diagnosis of every image that differs."""
+
+    def __init__(self, model: Any, raw: np.ndarray) -> None:
+        from export.layers import trace_quant_layers
+        from hw.rtlsim.references import torch_logits
+
+        self.model, self.raw = model, raw
+        self.layers = trace_quant_layers(model, (1, *raw.shape[1:]))
+        self.exact, self.floats = torch_logits(model, raw)
+
+    def compare(self, hw: np.ndarray, finn_out: np.ndarray, finn_equal: np.ndarray, finn: Any,
+                inputs: np.ndarray, output_scale: float) -> tuple[dict[str, Any], bool]:
+        """(the report's PyTorch counts and differences, whether only float ties differ)."""
+        from hw.rtlsim.references import explain_difference
+
+        torch_equal = (hw == self.exact).all(axis=1)
+        rounded_equal = (hw == np.round(self.floats.astype(np.float64) / output_scale)).all(axis=1)
+        differences = []
+        for i in np.flatnonzero(~torch_equal)[:MAX_DIAGNOSED]:
+            if finn_equal[i]:  # the RTL computes what FINN's graph computes: where does that leave PyTorch?
+                tie, cause = explain_difference(self.model, self.layers, finn, self.raw[i : i + 1],
+                                                inputs[i : i + 1])
+            else:
+                tie = False
+                agree = "agrees" if np.array_equal(finn_out[i], self.exact[i]) else "does not agree either"
+                cause = (f"the RTL simulation differs from FINN's Python execution of the same partition "
+                         f"(FINN gives {finn_out[i].tolist()}, which {agree} with PyTorch): an RTL, "
+                         "stitching or memory-file fault, not float rounding")
+            differences.append({
+                "image": int(i), "float_tie": tie, "cause": cause,
+                "hardware": hw[i].tolist(), "pytorch": self.exact[i].tolist(),
+            })
+        undiagnosed = int((~torch_equal).sum()) - len(differences)
+        result = {
+            "pytorch": int(torch_equal.sum()),
+            "pytorch_float_ties": sum(d["float_tie"] for d in differences),
+            "pytorch_rounded_float_logits": int(rounded_equal.sum()),
+            "differences": differences,
+            "undiagnosed_differences": undiagnosed,
+        }
+        return result, undiagnosed == 0 and all(d["float_tie"] for d in differences)
 
 
 def _steady_state(chunks: list[ChunkResult], out_words: int) -> float | None:
@@ -37,8 +85,8 @@ def _steady_state(chunks: list[ChunkResult], out_words: int) -> float | None:
     return spans / gaps if gaps else None
 
 
-def _validate(images: int, stall_prob: float, jobs: int) -> None:
-    if images < 1:
+def _validate(images: int | None, stall_prob: float, jobs: int) -> None:
+    if images is not None and images < 1:
         raise AgqError(f"--images {images}: need at least one image")
     if not 0.0 <= stall_prob < 1.0:
         raise AgqError(f"--stall-prob {stall_prob}: must be in [0, 1) (1 would never accept an output)")
@@ -46,34 +94,62 @@ def _validate(images: int, stall_prob: float, jobs: int) -> None:
         raise AgqError(f"--jobs {jobs}: need at least one simulator process")
 
 
-def simulate(
-    build_dir: Path, images: int = 100, stall_prob: float = 0.0, seed: int = 0, *, jobs: int = 1,
-    progress: bool = True, write: bool = True,
-) -> dict[str, Any]:
-    """Simulate ``images`` test images on the build's RTL; returns the report (also written when ``write``).
+def _images(info: BuildInfo, cfg: Any, images: int | None, inputs: Path | None, expected: Path | None
+            ) -> tuple[np.ndarray, np.ndarray | None, str, np.ndarray | None]:
+    """(raw images, labels or None, where the images come from, expected integer outputs or None)."""
+    from qonnx.core.modelwrapper import ModelWrapper
 
-    ``stall_prob`` is the chance that the testbench holds the output's TREADY low in a cycle (seeded by
-    ``seed``). ``jobs`` simulator processes split the images. The report counts images whose integer
-    logits are bit-exact against FINN's Python execution and against PyTorch, and gives top-1, cycles,
-    frames/s and the simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``, the
-    hardware's integer logits to ``<build>/rtlsim/hardware_logits.npy``.
+    from hw.rtlsim.user_data import host_tail, load_expected, load_inputs
+    from training.data import test_images
+
+    if inputs is None:
+        if cfg is None:
+            raise AgqError(f"{info.model_onnx} was not exported by agq (no matching model.json beside "
+                           "it), so agq has no test images for it: give them with --inputs X.npy "
+                           "[--expected Y.npy]")
+        if expected is not None:
+            raise AgqError("--expected needs --inputs (the images the expected outputs belong to)")
+        raw, labels = test_images(cfg.data, images or DEFAULT_IMAGES)
+        return raw, labels, f"{cfg.data.dataset} test split, first {len(raw)}", None
+    parent = ModelWrapper(str(info.parent))
+    raw = load_inputs(Path(inputs), tuple(parent.get_tensor_shape(parent.graph.input[0].name)))
+    want = None
+    if expected is not None:
+        outputs = int(np.prod(parent.get_tensor_shape(parent.graph.output[0].name)[1:]))
+        want = load_expected(Path(expected), len(raw), outputs, host_tail(parent))[:images]
+    return raw[:images], None, f"--inputs {inputs}", want
+
+
+def simulate(
+    build_dir: Path, images: int | None = None, stall_prob: float = 0.0, seed: int = 0, *,
+    inputs: Path | None = None, expected: Path | None = None, jobs: int = 1, progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Simulate images on the build's RTL; returns the report (also written when ``write``).
+
+    The images are the first ``images`` (default 100) of the data set's test split for a model agq
+    exported, or the first ``images`` (default all) of ``inputs`` (raw uint8, model input layout);
+    ``expected`` holds the model's outputs on them. ``stall_prob`` is the chance that the testbench
+    holds the output's TREADY low in a cycle (seeded by ``seed``). ``jobs`` simulator processes split
+    the images. The report says which references were used and counts images whose integer outputs are
+    bit-exact against each, and gives top-1 (when labels are known), cycles, frames/s and the
+    simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``, the hardware's integer
+    outputs to ``<build>/rtlsim/hardware_logits.npy``.
     """
     _validate(images, stall_prob, jobs)
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from export.layers import trace_quant_layers
     from hw import finn_env
-    from hw.rtlsim.references import FinnPython, explain_difference, partition_inputs, torch_logits
+    from hw.rtlsim.references import FinnPython, partition_inputs
     from hw.rtlsim.rtllib_fixes import fixed_files
     from hw.rtlsim.stitch import stitch
     from hw.rtlsim.verilator import compile_design, verilator_version
     from training.checkpoint import load_deployable
-    from training.data import test_images
 
     info = read_build(Path(build_dir))
     finn_env.use_build_dir(info.build_dir)  # FINN's settings (finn-rtllib path) for its IPI descriptions
-    cfg, model, _ = load_deployable(info.checkpoint)
-    raw, labels = test_images(cfg.data, images)
+    cfg, model = load_deployable(info.checkpoint)[:2] if info.checkpoint else (None, None)
+    raw, labels, source, want = _images(info, cfg, images, inputs, expected)
     n = len(raw)
     design = stitch(ModelWrapper(str(info.partition)))
     if progress:
@@ -96,8 +172,7 @@ def simulate(
             sim_run.start()
             finn = FinnPython(info.partition)
             finn_out = finn.outputs(inputs, on_image=bars[1].update)
-            layers = trace_quant_layers(model, (1, *raw.shape[1:]))
-            torch_exact, torch_float = torch_logits(model, raw)
+            torch_ref = _TorchReference(model, raw) if model is not None else None
             chunks = sim_run.wait()
             wall = time.monotonic() - start
             cpu_seconds = sim_run.cpu_seconds
@@ -107,25 +182,24 @@ def simulate(
     hw = np.concatenate([unpack_outputs(design, c.words, c.images) for c in chunks])
 
     finn_equal = (hw == finn_out).all(axis=1)
-    torch_equal = (hw == torch_exact).all(axis=1)
-    rounded_equal = (hw == np.round(torch_float.astype(np.float64) / info.output_scale)).all(axis=1)
-    differences = []
-    for i in np.flatnonzero(~torch_equal)[:MAX_DIAGNOSED]:
-        if finn_equal[i]:  # the RTL computes what FINN's graph computes: where does that leave PyTorch?
-            tie, cause = explain_difference(model, layers, finn, raw[i : i + 1], inputs[i : i + 1])
-        else:
-            tie = False
-            agree = "agrees" if np.array_equal(finn_out[i], torch_exact[i]) else "does not agree either"
-            cause = (f"the RTL simulation differs from FINN's Python execution of the same partition "
-                     f"(FINN gives {finn_out[i].tolist()}, which {agree} with PyTorch): an RTL, stitching "
-                     "or memory-file fault, not float rounding")
-        differences.append({
-            "image": int(i), "float_tie": tie, "cause": cause,
-            "hardware": hw[i].tolist(), "pytorch": torch_exact[i].tolist(),
-        })
-    undiagnosed = int((~torch_equal).sum()) - len(differences)
-    ties = sum(d["float_tie"] for d in differences)
-    predictions = (hw * np.sign(info.output_scale)).argmax(axis=1)
+    bit_exact: dict[str, Any] = {
+        "finn_python": int(finn_equal.sum()),
+        "finn_python_differing_images": np.flatnonzero(~finn_equal)[:MAX_DIAGNOSED].tolist(),
+    }
+    references = ["finn_python"]
+    ok = bool(finn_equal.all())
+    if torch_ref is not None:
+        references.append("pytorch")
+        torch_result, torch_ok = torch_ref.compare(hw, finn_out, finn_equal, finn, inputs, info.output_scale)
+        bit_exact.update(torch_result)
+        ok = ok and torch_ok
+    if want is not None:
+        references.append("expected")
+        expected_equal = (hw == want).all(axis=1)
+        bit_exact["expected"] = int(expected_equal.sum())
+        bit_exact["expected_differing_images"] = np.flatnonzero(~expected_equal)[:MAX_DIAGNOSED].tolist()
+        ok = ok and bool(expected_equal.all())
+    predictions = (hw * np.sign(info.output_scale or 1.0)).argmax(axis=1)
     steady = _steady_state(chunks, out_words)
     first = chunks[0]
     sim_cycles = sum(c.total_cycles for c in chunks)
@@ -133,22 +207,17 @@ def simulate(
         "format": "agq-rtlsim-v1",
         "build_dir": str(info.build_dir),
         "partition": str(info.partition),
-        "dataset": cfg.data.dataset,
+        "dataset": cfg.data.dataset if cfg else "user inputs",
+        "inputs": source,
+        "expected": str(expected) if expected is not None else None,
+        "references": references,
         "images": n,
         "stall_prob": stall_prob,
         "seed": seed,
         "jobs": len(chunks),
-        "bit_exact": {
-            "finn_python": int(finn_equal.sum()),
-            "pytorch": int(torch_equal.sum()),
-            "pytorch_float_ties": ties,
-            "pytorch_rounded_float_logits": int(rounded_equal.sum()),
-            "differences": differences,
-            "undiagnosed_differences": undiagnosed,
-            "finn_python_differing_images": np.flatnonzero(~finn_equal)[:MAX_DIAGNOSED].tolist(),
-        },
-        "accuracy": {"top1": float((predictions == labels).mean()),
-                     "correct": int((predictions == labels).sum())},
+        "bit_exact": bit_exact,
+        "accuracy": None if labels is None else {"top1": float((predictions == labels).mean()),
+                                                 "correct": int((predictions == labels).sum())},
         "cycles": {
             "first_output": first.cycles[0],
             "first_image": first.cycles[out_words - 1],
@@ -179,7 +248,7 @@ def simulate(
             "rtllib_fixes": fixed_files(design.sources),
         },
     }
-    report["ok"] = bool(finn_equal.all()) and undiagnosed == 0 and all(d["float_tie"] for d in differences)
+    report["ok"] = ok
     if write:
         write_report(info.build_dir, report, hw)
     return report
