@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost part")
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per method and round")
     parser.add_argument("--cost-batch", type=int, default=64, help="batch of the cost part (default 64)")
-    parser.add_argument("--hw-model", default="mnist_plain_ag_ssp",
+    parser.add_argument("--hw-model", default="mnist_plain_ag",
                         help="model whose build/<name>/Pynq-Z2 the hw part reads (default: %(default)s)")
     parser.set_defaults(func=run)
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "mnist_plain_ag_ssp"
+DEFAULT_MODEL = "mnist_plain_ag"
 BOARD = "Pynq-Z2"
 RTLSIM_RESULT = Path("bench/results/rtlsim_mnist.json")
 

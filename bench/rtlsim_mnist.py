@@ -1,6 +1,6 @@
 """Benchmark: the whole MNIST test set (10,000 images) through the RTL simulation of the default model.
 
-    .venv/bin/python -m bench.rtlsim_mnist [--build build/mnist_plain_ag_ssp/Pynq-Z2] [--jobs 2]
+    .venv/bin/python -m bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs 2]
 
 Needs ``make train export build`` (the default config). Every image must be bit-exact against FINN's
 Python execution and PyTorch (``hw.rtlsim.run.simulate``); the simulated cycles per image, the frames/s
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_BUILD = Path("build/mnist_plain_ag_ssp/Pynq-Z2")
+DEFAULT_BUILD = Path("build/mnist_plain_ag/Pynq-Z2")
 RESULT = Path("bench/results/rtlsim_mnist.json")
 
 

@@ -54,7 +54,7 @@ class HwConfig:
     input_offset`` (x/255: 1/255 and 0); 0 means the model already takes uint8 pixels.
     """
 
-    target_fps: int | str = 20000
+    target_fps: int | str = MAX_FPS
     clock_ns: float = 10.0
     mvau_wwidth_max: int = 48
     max_utilization: float = 0.8

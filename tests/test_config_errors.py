@@ -45,8 +45,6 @@ def written(tmp_path) -> list[str]:
     ("train.lr=.inf", ("train.lr=inf", "finite")),
     ("train.seed=-1", ("train.seed=-1", ">= 0")),
     ("ag.design=three_pass", ("ag.design='three_pass'", "one_pass", "two_pass")),
-    ("ag.head=shared", ("ag.head=shared", "one_pass", "ag.design=two_pass")),
-    ("ag.fused=true", ("ag.fused=true", "two_pass")),
     ("model.weight_clamp=round", ("model.weight_clamp='round'", "ste")),
     ("ssp.delta_start=1.5", ("ssp.delta_start=1.5", "[0, 1]")),
     ("ssp.delta_start=-0.1", ("ssp.delta_start=-0.1",)),
@@ -55,6 +53,16 @@ def written(tmp_path) -> list[str]:
 ])
 def test_bad_config_values(capsys, tmp_path, assignment, needles):
     code, err = agq_train(capsys, tmp_path, "--set", assignment)
+    assert_one_line_error(code, err, *needles)
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize(("assignment", "needles"), [
+    ("ag.head=shared", ("ag.head=shared", "one_pass", "ag.design=two_pass")),
+    ("ag.fused=true", ("ag.fused=true", "two_pass")),
+])
+def test_one_pass_refuses_two_pass_options(capsys, tmp_path, assignment, needles):
+    code, err = agq_train(capsys, tmp_path, "--set", "ag.design=one_pass", "--set", assignment)
     assert_one_line_error(code, err, *needles)
     assert written(tmp_path) == []
 

@@ -65,7 +65,7 @@ class Tiny(nn.Module):
 @pytest.fixture(scope="module")
 def default_model(tmp_path_factory):
     torch.set_num_threads(1)
-    cfg = load_config("configs/mnist_plain_ag_ssp.yaml")
+    cfg = load_config("configs/mnist_plain_ag.yaml")
     return export(build_model(cfg.model), tmp_path_factory.mktemp("default"))
 
 
@@ -92,7 +92,7 @@ def test_default_model_builds_to_an_all_rtl_partition_with_hdl(default_model, de
     assert all(is_rtl_node(n) for n in partition.graph.node), ops
     assert {"MVAU_rtl", "Thresholding_rtl", "ConvolutionInputGenerator_rtl", "FMPadding_rtl",
             "StreamingFIFO_rtl", "StreamingDataWidthConverter_rtl"} <= set(ops)
-    assert ops.count("MVAU_rtl") == 5  # stem, three 2-bit convs, FC: found by walking the graph
+    assert ops.count("MVAU_rtl") == 8  # stem, six 2-bit convs, FC: found by walking the graph
     for node in partition.graph.node:
         folder = Path(getCustomOp(node).get_nodeattr("code_gen_dir_ipgen"))
         assert folder.is_relative_to(build_dir / "finn_tmp")

@@ -102,7 +102,7 @@ def test_another_seed_gives_other_weights(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize(("name", "weight_layers", "fc_inputs"), [
-    ("mnist_plain_ag_ssp", 5, 512),
+    ("mnist_plain_ag", 8, 1024),
     ("digits_tiny", 4, 64),
     ("cifar100_resnet18_plain", 18, 8192),
     ("cifar100_resnet18_residual", 18, 8192),

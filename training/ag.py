@@ -4,11 +4,13 @@ H = F plus full-precision branches: adaptors phi_p (1x1 conv + BN) on F's featur
 aggregated like a ResNet, ``g_p = phi_p(O_p) + proj_p(g_{p-1})``, and a classifier on g_P. H shares
 every conv weight of F; after training only F exists. ``ag.design`` picks how H is computed:
 
-* ``one_pass`` (:mod:`training.ag_one_pass`, the default): the authors' released code (METHOD.md section
+* ``one_pass`` (:mod:`training.ag_one_pass`): the authors' released code (METHOD.md section
   7). H taps F's own forward, so F's BN is shared on the main chain and F's convolutions run once per
   step; g starts at ``g_0 = phi_0(stem output)`` and every aggregation is followed by a ReLU; H has its
-  own full-precision classifier. Cost per step against plain: bench/results/cost.json.
-* ``two_pass`` (:mod:`training.ag_two_pass`): the paper's text (section 3.1.2). H is a second forward of
+  own full-precision classifier. Cost per step: 1.08x plain, against 2.01x for two_pass
+  (bench/results/cost.json).
+* ``two_pass`` (:mod:`training.ag_two_pass`, the default: the one design whose gain over plain F was
+  beyond noise in agq's benchmark): the paper's text (section 3.1.2). H is a second forward of
   F's conv chain with H's private BN layers (copied from F's pre-trained BN by default), a linear g-path
   without g_0, and H's own full-precision classifier (or F's quantized head, the old behaviour).
 

@@ -9,7 +9,7 @@ import os
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="pre-train F in full precision, then fine-tune it quantized",
                             description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/mnist_plain_ag_ssp.yaml")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/mnist_plain_ag.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML-typed), e.g. --set train.epochs=2; repeatable")
     parser.add_argument("--resume", action="store_true",
