@@ -102,8 +102,8 @@ def hw_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> H
         if key not in fields:
             raise AgqError(f"hw config: unknown key {key} (known: {', '.join(fields)})")
         expected = type(fields[key].default)
-        if key == "target_fps" and value == MAX_FPS:
-            expected = str
+        if key == "target_fps":  # a frame rate, or the word "max"
+            expected = str if value == MAX_FPS else int
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):

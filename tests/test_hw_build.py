@@ -210,7 +210,7 @@ def test_unreachable_target_and_oversized_folding_fail_with_figures(default_mode
                           config=HwConfig(target_fps=1_000_000), progress=False)
     with pytest.raises(AgqError, match=r"does not fit Pynq-Z2 .* DSP \d+ of 220"):
         build_accelerator(default_model, out_dir=tmp_path / "small", allow_missing_vivado=True,
-                          config=HwConfig(max_utilization=0.05), progress=False)
+                          config=HwConfig(target_fps=20_000, max_utilization=0.05), progress=False)
 
 
 def test_unknown_board_lists_the_known_ones(default_model):
