@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description=__doc__)
     parser.add_argument("--only", choices=(*PARTS, "report"),
                         help="run one part, or only rebuild the report (default: every part)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main table (default 3)")
-    parser.add_argument("--ablation-seeds", type=int, default=1,
-                        help="seeds of the ablation rows (default 1)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
+    parser.add_argument("--ablation-seeds", type=int, default=5,
+                        help="seeds of the ablation rows (default 5)")
     parser.add_argument("--rows", help="comma-separated subset of rows (default: all; see bench/rows.py)")
     parser.add_argument("--workers", type=int, default=2, help="training processes at a time (default 2)")
     parser.add_argument("--quick", action="store_true",
