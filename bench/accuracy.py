@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from bench.rows import PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
+from bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
 
 BASE_CONFIG = Path("configs/bench/mnist_deep.yaml")
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
@@ -125,7 +125,7 @@ class Runner:
 
         base = self.base.to_dict()
         if job.row == PRETRAIN:
-            own = job.pre not in ("plain", "residual")  # a row's own pre-training (see Row.pretrain)
+            own = job.pre not in ARCHS  # a row's own pre-training (see Row.pretrain)
             overrides = row(job.pre).overrides if own else {"model.arch": job.pre}
             sets = [f"{k}={json.dumps(v)}" for k, v in {**ROW_BASE, **overrides}.items()]
             sets += [f"name={job.key}", f"train.seed={job.seed}", "train.epochs=0"]

@@ -17,6 +17,7 @@ from typing import Any
 from agq.errors import AgqError
 
 PRETRAIN = "pretrain"  # pseudo-row: the shared full-precision pre-training of one (arch, seed)
+ARCHS = ("plain", "residual")  # the shared pre-trainings; any other Row.pretrain names a row
 
 
 @dataclass(frozen=True)

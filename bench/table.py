@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from bench.rows import ABLATIONS, BY_NAME, PRETRAIN, ROWS
+from bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS
 
 METRIC = "test_F_top1"
 FIG3_ROWS = ("plain", "plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "residual")
@@ -40,7 +40,7 @@ def final_value(record: dict[str, Any], phase: str = "finetune", metric: str = M
     return values[-1] if values else None
 
 
-FP_ROWS = {"plain": "fp", "residual": "fp_residual"}  # pre-training -> the row of its FP network
+FP_ROWS = dict(zip(ARCHS, PRETRAINED_ONLY, strict=True))  # pre-training -> the row of its FP network
 
 
 def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[int, float]]:
