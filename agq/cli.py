@@ -15,12 +15,12 @@ from agq.errors import AgqError
 
 # subcommand -> module with ``register(subparsers)``; its parser sets ``func(args) -> int``.
 COMMANDS = {
-    "train": "training.cli",
-    "export": "export.cli",
-    "build": "hw.cli",
-    "deps": "hw.deps_cli",
-    "rtlsim": "hw.rtlsim.cli",
-    "bench": "bench.cli",
+    "train": "agq.training.cli",
+    "export": "agq.export.cli",
+    "build": "agq.hw.cli",
+    "deps": "agq.hw.deps_cli",
+    "rtlsim": "agq.hw.rtlsim.cli",
+    "bench": "agq.bench.cli",
 }
 
 

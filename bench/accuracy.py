@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
+
 from agq.errors import AgqError
-from bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
 
 BASE_CONFIG = Path("configs/bench/mnist_deep.yaml")
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
@@ -82,10 +83,10 @@ def training_code_hash() -> str:
     """One hash of training/*.py as on disk when a record is written: records of different code differ."""
     import hashlib
 
-    import training
+    import agq.training
 
     digest = hashlib.sha256()
-    for path in sorted(Path(training.__file__).parent.glob("*.py")):
+    for path in sorted(Path(agq.training.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
@@ -98,7 +99,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
-    from training.config import config_from_dict
+    from agq.training.config import config_from_dict
 
     # through today's dataclasses, so that a key added since the pre-training counts with its default
     a, b = _flat(config_from_dict(pretrained).to_dict()), _flat(cfg)
@@ -114,14 +115,14 @@ class Runner:
     """Runs jobs of one benchmark (base config + extra overrides) into ``records`` (one JSON per job)."""
 
     def __init__(self, records: Path, extra: list[str], base: Path = BASE_CONFIG) -> None:
-        from training.config import load_config
+        from agq.training.config import load_config
 
         self.records, self.extra, self.base_path = records, extra, base
         self.base = load_config(base, extra)
         self.claims = Path(self.base.train.output_dir) / "claims"
 
     def config(self, job: Job) -> Any:
-        from training.config import load_config
+        from agq.training.config import load_config
 
         base = self.base.to_dict()
         if job.row == PRETRAIN:
@@ -150,8 +151,8 @@ class Runner:
         return True
 
     def run(self, job: Job) -> dict[str, Any]:
-        from training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-        from training.loop import train
+        from agq.training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+        from agq.training.loop import train
 
         cfg = self.config(job)
         begin = time.perf_counter()
@@ -214,7 +215,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),
                        "todo": [[j.row, j.seed, j.pre] for j in todo]})
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.accuracy", spec, str(w)], env=env)
+    procs = [subprocess.Popen([sys.executable, "-m", "agq.bench.accuracy", spec, str(w)], env=env)
              for w in range(workers)]
     codes = [p.wait() for p in procs]
     if any(codes):

@@ -40,10 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agq.bench import accuracy, report
+    from agq.bench.rows import row
+    from agq.training.checkpoint import atomic_write_bytes
+
     from agq.errors import AgqError
-    from bench import accuracy, report
-    from bench.rows import row
-    from training.checkpoint import atomic_write_bytes
 
     counts = (args.seeds, args.workers, args.cost_rounds, args.cost_steps, args.cost_batch)
     if min(counts) < 1 or args.ablation_seeds < 0:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for name in rows or []:
         row(name)  # an unknown row stops here, before anything runs
     if args.from_runs is not None:
-        from bench.fill_table import records_from_runs
+        from agq.bench.fill_table import records_from_runs
 
         out = args.out or args.from_runs
         out.mkdir(parents=True, exist_ok=True)
@@ -71,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
         accuracy.run_all(records, extra, accuracy.jobs(seeds, ablation, rows), args.workers,
                          args.config or accuracy.BASE_CONFIG)
     if "cost" in parts:
-        from bench.cost import run_cost
+        from agq.bench.cost import run_cost
 
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
     if "zero_grad" in parts and not args.quick:
-        from bench.zero_grad import measure
-        from training.config import load_config
+        from agq.bench.zero_grad import measure
+        from agq.training.config import load_config
 
         runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
         report.write_json(out / "zero_grad.json", measure(runs))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import BASE_CONFIG
+from agq.bench.accuracy import BASE_CONFIG
 
 ONE_PASS = ["ag.enabled=true", "ag.design=one_pass"]
 TWO_PASS = ["ag.enabled=true", "ag.design=two_pass"]
@@ -42,10 +42,9 @@ METHODS: dict[str, list[str]] = {
 def _objective(overrides: list[str], batch: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """The row's objective (F freshly initialised with ``seed``), an Adam optimiser and one fixed batch."""
     import torch
-
-    from training.config import load_config
-    from training.models import build_model
-    from training.objective import build_objective
+    from agq.training.config import load_config
+    from agq.training.models import build_model
+    from agq.training.objective import build_objective
 
     cfg = load_config(BASE_CONFIG, overrides)
     torch.manual_seed(seed)
@@ -113,7 +112,7 @@ def run_cost(batch: int, steps: int, rounds: int, out: Path) -> dict[str, Any]:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     for _ in tqdm(range(rounds), desc="cost rounds", unit="round"):
         for method in METHODS:
-            result = subprocess.run([sys.executable, "-m", "bench.cost", method, str(batch), str(steps)],
+            result = subprocess.run([sys.executable, "-m", "agq.bench.cost", method, str(batch), str(steps)],
                                     env=env, check=True, capture_output=True, text=True)
             samples[method].append(json.loads(result.stdout.splitlines()[-1]))
     table = {m: {k: statistics.median(s[k] for s in runs) for k in ("step_s", "peak_rss_mib", "step_rss_mib")}
@@ -124,7 +123,7 @@ def run_cost(batch: int, steps: int, rounds: int, out: Path) -> dict[str, Any]:
         entry["memory_ratio"] = entry["step_rss_mib"] / base["step_rss_mib"]
     report = {"batch": batch, "steps": steps, "rounds": rounds, "config": str(BASE_CONFIG),
               "methods": table, "samples": samples, "fused_equality": fused_equality(batch)}
-    from training.checkpoint import atomic_write_bytes
+    from agq.training.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(out, (json.dumps(report, indent=1) + "\n").encode())
     return report

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agq.bench.rows import PRETRAINED_ONLY, ROWS, Row
+
 from agq.errors import AgqError
-from bench.rows import PRETRAINED_ONLY, ROWS, Row
 
 
 def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
@@ -26,7 +27,7 @@ def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _row_signature(r: Row) -> tuple[Any, ...]:
-    from training.config import Config
+    from agq.training.config import Config
 
     cfg = Config().to_dict()  # a fresh deep copy
     cfg["ag"]["enabled"] = cfg["ssp"]["enabled"] = False  # the base of every row: plain, nothing added
@@ -49,7 +50,7 @@ def row_of(cfg: dict[str, Any], base_epochs: int) -> str:
 
 def records_from_runs(folder: Path) -> list[dict[str, Any]]:
     """One record per run folder under ``folder`` (see the module docstring)."""
-    from training.checkpoint import load_checkpoint
+    from agq.training.checkpoint import load_checkpoint
 
     runs = []
     for metrics in sorted(folder.glob("*/metrics.json")):

@@ -38,7 +38,7 @@ def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: 
     report = _read(build_dir / "report.json")
     model = build_root / name / "model.onnx"
     if report is None and build_missing and model.is_file():
-        from hw.build import build_accelerator
+        from agq.hw.build import build_accelerator
 
         build_accelerator(model, board, build_dir, allow_missing_vivado=True)
         report = _read(build_dir / "report.json")
@@ -58,7 +58,7 @@ def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: 
         import subprocess
         import sys
 
-        subprocess.run([sys.executable, "-m", "bench.rtlsim_mnist", "--build", str(build_dir), "--out",
+        subprocess.run([sys.executable, "-m", "agq.bench.rtlsim_mnist", "--build", str(build_dir), "--out",
                         str(result)], check=False)
         rtlsim = _read(result)
     if rtlsim is not None:
@@ -86,5 +86,5 @@ def markdown(hw: dict[str, Any]) -> str:
                                     for k in shown) + " |"]
     else:
         lines += ["", f"No RTL simulation result ({rtlsim_result(hw['model'])}); "
-                  "`python -m bench.rtlsim_mnist` produces the cycle count."]
+                  "`python -m agq.bench.rtlsim_mnist` produces the cycle count."]
     return "\n".join(lines) + "\n"

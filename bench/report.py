@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import cost, hardware, table, zero_grad
-from training.checkpoint import atomic_write_bytes
+from agq.bench import cost, hardware, table, zero_grad
+from agq.training.checkpoint import atomic_write_bytes
 
 TITLE = "2-bit CNN on MNIST (configs/bench/mnist_deep.yaml), test top-1 of the deployed network F"
 

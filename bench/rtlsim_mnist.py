@@ -1,6 +1,6 @@
 """Benchmark: the whole MNIST test set (10,000 images) through the RTL simulation of the default model.
 
-    .venv/bin/python -m bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs 2]
+    .venv/bin/python -m agq.bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs 2]
 
 Needs ``make train export build`` (the default config). Every image must be bit-exact against FINN's
 Python execution and PyTorch (``hw.rtlsim.run.simulate``); the simulated cycles per image, the frames/s
@@ -59,7 +59,8 @@ def result_record(report: dict, wall: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rtlsim_mnist", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agq.bench.rtlsim_mnist",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, default=DEFAULT_BUILD,
                         help=f"build folder (default {DEFAULT_BUILD})")
     parser.add_argument("--images", type=int, default=10_000, help="test images (default: all 10,000)")
@@ -67,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT, help=f"result file (default {RESULT})")
     args = parser.parse_args(argv)
 
+    from agq.hw.rtlsim.report import summary
+    from agq.hw.rtlsim.run import simulate
+    from agq.training.checkpoint import atomic_write_bytes
+
     from agq.errors import AgqError
-    from hw.rtlsim.report import summary
-    from hw.rtlsim.run import simulate
-    from training.checkpoint import atomic_write_bytes
 
     start = time.monotonic()
     try:

@@ -13,8 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from agq.bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS
+
 from agq.errors import AgqError
-from bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS
 
 METRIC = "test_F_top1"
 FIG3_ROWS = ("plain", "plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "residual")

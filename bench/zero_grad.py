@@ -25,12 +25,11 @@ def zero_gradient_shares(checkpoint: Path) -> dict[str, dict[str, float]]:
     """{clamp: {layer: share of weights with an exactly zero gradient}} for the F in ``checkpoint``."""
     import torch
     import torch.nn.functional as tf
-
-    from training.checkpoint import load_checkpoint
-    from training.config import config_from_dict
-    from training.data import load_splits
-    from training.models import build_model
-    from training.objective import init_weight_scales
+    from agq.training.checkpoint import load_checkpoint
+    from agq.training.config import config_from_dict
+    from agq.training.data import load_splits
+    from agq.training.models import build_model
+    from agq.training.objective import init_weight_scales
 
     payload = load_checkpoint(checkpoint)
     cfg = config_from_dict(payload["config"])

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Brevitas warns at import about an optional CUDA kernel package that CPU export never uses.
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
-    from export.qonnx import EquivalenceError, export_checkpoint
+    from agq.export.qonnx import EquivalenceError, export_checkpoint
 
     start = time.perf_counter()
     try:

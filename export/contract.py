@@ -8,12 +8,11 @@ output scale is formed. Checking the graph too proves that the file FINN compile
 
 from __future__ import annotations
 
+from agq.export.layers import QuantLayer
+from agq.training.config import ModelConfig
 from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
-
-from export.layers import QuantLayer
-from training.config import ModelConfig
 
 FIRST_LAST_WEIGHT_BITS = 16
 

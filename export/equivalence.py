@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from agq.export.layers import QuantLayer, output_scale, pair_layers, trace_quant_layers
 from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
@@ -26,8 +27,6 @@ from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
 from torch import nn
 from tqdm import tqdm
-
-from export.layers import QuantLayer, output_scale, pair_layers, trace_quant_layers
 
 # Two pre-quantization values closer than this (in quantization steps) differ by float rounding only.
 # Measured noise between PyTorch and qonnx/onnxruntime BatchNorm: ~2e-6 steps; a changed weight or

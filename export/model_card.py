@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agq.export.contract import FIRST_LAST_WEIGHT_BITS
+from agq.export.equivalence import EquivalenceReport
+from agq.export.layers import QuantLayer
+from agq.training.config import Config
 from onnx import NodeProto
 
 from agq import __version__
-from export.contract import FIRST_LAST_WEIGHT_BITS
-from export.equivalence import EquivalenceReport
-from export.layers import QuantLayer
-from training.config import Config
 
 CARD_FORMAT = "agq-model-card-v1"
 

@@ -13,6 +13,13 @@ import hashlib
 from pathlib import Path
 
 import torch
+from agq.export.contract import contract_violations, graph_contract_violations
+from agq.export.equivalence import EquivalenceReport, check_equivalence
+from agq.export.layers import output_scale, pair_layers, trace_quant_layers
+from agq.export.lint import lint_graph
+from agq.export.model_card import card_bytes, model_card
+from agq.training.checkpoint import atomic_write_bytes, file_sha256, load_deployable
+from agq.training.data import class_names, test_images
 from brevitas.export import export_qonnx
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
@@ -21,13 +28,6 @@ from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.cleanup import cleanup_model
 
 from agq.errors import AgqError
-from export.contract import contract_violations, graph_contract_violations
-from export.equivalence import EquivalenceReport, check_equivalence
-from export.layers import output_scale, pair_layers, trace_quant_layers
-from export.lint import lint_graph
-from export.model_card import card_bytes, model_card
-from training.checkpoint import atomic_write_bytes, file_sha256, load_deployable
-from training.data import class_names, test_images
 
 
 class EquivalenceError(AgqError):

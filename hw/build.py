@@ -17,13 +17,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import onnx
+from agq.hw import finn_env, prune, vivado
+from agq.hw import report as report_md
+from agq.hw.boards import DEFAULT_BOARD, Board, resolve_board
+from agq.hw.config import MAX_FPS, HwConfig, load_hw_config
+from agq.training.checkpoint import atomic_write_bytes, file_sha256
 
 from agq.errors import AgqError
-from hw import finn_env, prune, vivado
-from hw import report as report_md
-from hw.boards import DEFAULT_BOARD, Board, resolve_board
-from hw.config import MAX_FPS, HwConfig, load_hw_config
-from training.checkpoint import atomic_write_bytes, file_sha256
 
 MODEL_CARD = "model.json"
 
@@ -97,10 +97,9 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool =
     """FINN's DataflowBuildConfig (agq's subclass) for this build; ``all_rtl``: a layer without RTL
     stops the build. FINN's Python verification steps check the intermediate models on the build's
     ``input.npy`` / ``expected_output.npy``."""
+    from agq.hw import verification
+    from agq.hw.steps import AgqBuildConfig
     from finn.builder.build_dataflow_config import DataflowOutputType, ShellFlowType
-
-    from hw import verification
-    from hw.steps import AgqBuildConfig
 
     outputs = [DataflowOutputType.ESTIMATE_REPORTS, DataflowOutputType.STITCHED_IP]
     if hw_cfg.ooc_synth:
@@ -138,7 +137,7 @@ def _write_report(build_dir: Path, data: dict) -> None:
 
 
 def _paths(build_dir: Path) -> dict[str, str]:
-    from hw.steps import PARENT, PARTITION_HDL
+    from agq.hw.steps import PARENT, PARTITION_HDL
 
     return {
         "partition_hdl": str(build_dir / PARTITION_HDL),
@@ -152,11 +151,10 @@ def _paths(build_dir: Path) -> dict[str, str]:
 
 def _partition(build_dir: Path, part: str) -> dict:
     """RTL and HLS layer counts of the simulation partition, and every layer that is not RTL."""
+    from agq.hw.rtl_check import non_rtl_layers
+    from agq.hw.steps import PARTITION_HDL
     from finn.util.fpgadataflow import is_rtl_node
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw.rtl_check import non_rtl_layers
-    from hw.steps import PARTITION_HDL
 
     partition = ModelWrapper(str(build_dir / PARTITION_HDL))
     non_rtl = non_rtl_layers(partition, part)
@@ -167,7 +165,7 @@ def _partition(build_dir: Path, part: str) -> dict:
 
 def _results(build_dir: Path, part: str) -> dict:
     """The certificate and estimates agq's steps wrote into FINN's report folder, and the partition."""
-    from hw.steps import CERTIFICATE, ESTIMATES
+    from agq.hw.steps import CERTIFICATE, ESTIMATES
 
     cert = json.loads((build_dir / "report" / CERTIFICATE).read_text())
     return {
@@ -182,7 +180,7 @@ def _results(build_dir: Path, part: str) -> dict:
 def _prune(build_dir: Path, records: list[dict]) -> None:
     """Delete generated folders of earlier runs that no model of this build (the model after every
     step, the partitions they reference, the simulation partition) still points at."""
-    from hw.steps import PARENT, PARTITION_HDL
+    from agq.hw.steps import PARENT, PARTITION_HDL
 
     models = build_dir / "intermediate_models"
     files = [models / r["file"] for r in records] + [build_dir / PARTITION_HDL, build_dir / PARENT]
@@ -226,10 +224,9 @@ def build_accelerator(
     target = resolve_board(board)
     hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
     proto = load_qonnx(model)
+    from agq.hw import verification
+    from agq.hw.foreign import prepare_input
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw import verification
-    from hw.foreign import prepare_input
 
     wrapper = prepare_input(ModelWrapper(proto), model, hw_cfg.input_mapping())  # before any file is made
     agq_export = is_agq_export(model)
@@ -240,8 +237,8 @@ def build_accelerator(
     finn_env.use_build_dir(build_dir)
     missing = vivado.missing(target, hw_cfg)
     finn_steps = finn_env.finn_steps()
-    from hw import steps
-    from hw.runner import StepRunner
+    from agq.hw import steps
+    from agq.hw.runner import StepRunner
 
     all_rtl = agq_export if all_rtl is None else all_rtl
     cfg = finn_config(hw_cfg, target, build_dir, all_rtl=all_rtl)

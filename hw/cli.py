@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hw.boards import DEFAULT_BOARD
-from hw.config import HwConfig
+from agq.hw.boards import DEFAULT_BOARD
+from agq.hw.config import HwConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def _config(args: argparse.Namespace) -> Path | HwConfig | None:
     """The config file, with the input mapping options laid over it when given."""
     if args.input_scale is None and args.input_offset is None:
         return args.config
-    from hw.config import hw_config_from_dict, load_hw_config
+    from agq.hw.config import hw_config_from_dict, load_hw_config
 
     base = load_hw_config(args.config)
     scale = base.input_scale if args.input_scale is None else args.input_scale
@@ -68,8 +68,8 @@ def _config(args: argparse.Namespace) -> Path | HwConfig | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hw.build import build_accelerator
-    from hw.finn_env import restart_with_xilinx_libraries
+    from agq.hw.build import build_accelerator
+    from agq.hw.finn_env import restart_with_xilinx_libraries
 
     restart_with_xilinx_libraries(_argv(args))  # XSim's kernel loads in-process: the loader must see it
 

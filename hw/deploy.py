@@ -14,11 +14,11 @@ import json
 import shutil
 from pathlib import Path
 
+from agq.hw.certificate import SDP, output_scale
+from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
 
 from agq.errors import AgqError
-from hw.certificate import SDP, output_scale
-from training.checkpoint import atomic_write_bytes
 
 HOST = "host.json"
 SCRIPT = Path(__file__).resolve().parent / "board" / "run_on_board.py"
@@ -73,7 +73,7 @@ def write_host_side(deploy_dir: Path, parent: ModelWrapper) -> None:
 
 def step_deploy_host_side(model: ModelWrapper, cfg: object) -> ModelWrapper:
     """After FINN's deployment package: add the host-side nodes, the board script and its README."""
-    from hw.steps import PARENT
+    from agq.hw.steps import PARENT
 
     deploy_dir = cfg.get_deploy_directory()
     for needed in ("bitfile/finn-accel.bit", "bitfile/finn-accel.hwh", "driver/settings.json"):

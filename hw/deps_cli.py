@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hw.finn_deps import fetch
-    from hw.finn_env import finn_paths, use_build_dir
+    from agq.hw.finn_deps import fetch
+    from agq.hw.finn_env import finn_paths, use_build_dir
 
     with tempfile.TemporaryDirectory() as scratch:
         use_build_dir(Path(scratch))  # FINN's settings without ~/.finn; nothing is built here

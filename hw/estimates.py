@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agq.hw.boards import Board
+
 from agq.errors import AgqError
-from hw.boards import Board
 
 # resource kinds reported per layer and in total (FINN's names)
 KINDS = ("LUT", "BRAM_18K", "URAM", "DSP")

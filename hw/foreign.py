@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from agq.hw.config import InputMapping
 from onnx import helper
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
@@ -19,7 +20,6 @@ from qonnx.transformation.base import Transformation
 from qonnx.util.basic import get_by_name
 
 from agq.errors import AgqError
-from hw.config import InputMapping
 
 # shape-only ops that may sit between the float input and the quantizer that reads it
 SHAPE_OPS = {"Reshape", "Flatten", "Transpose", "Identity", "Squeeze", "Unsqueeze"}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw.estimates import KINDS
-from training.checkpoint import atomic_write_bytes
+from agq.hw.estimates import KINDS
+from agq.training.checkpoint import atomic_write_bytes
 
 REPORT_MD = "report.md"
 FOLDING_COPY = "folding_config.json"

@@ -10,6 +10,7 @@ conditions as finn.transformation.fpgadataflow.specialize_layers) and the model 
 from __future__ import annotations
 
 import numpy as np
+from agq.hw.transforms import is_hw_node
 from finn.util.basic import get_dsp_block, get_dsp_datapath_limits
 from finn.util.fpgadataflow import is_rtl_node
 from qonnx.core.datatype import DataType
@@ -17,7 +18,6 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
-from hw.transforms import is_hw_node
 
 POOLING_FIX = "replace pooling by a strided convolution and end with flatten + fully-connected layer"
 POOLING_HW = {"GlobalAccPool", "Pool", "StreamingMaxPool"}

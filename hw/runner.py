@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from agq.hw.finn_env import FINN_TMP
+from agq.hw.prune import referenced_paths
+from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
 from tqdm import tqdm
 
 from agq.errors import AgqError
-from hw.finn_env import FINN_TMP
-from hw.prune import referenced_paths
-from training.checkpoint import atomic_write_bytes
 
 MANIFEST = "steps.json"
 Step = Callable[[ModelWrapper, object], ModelWrapper]

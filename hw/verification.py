@@ -18,10 +18,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from agq.hw.rtlsim.user_data import load_array, load_inputs
+from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
-
-from hw.rtlsim.user_data import load_array, load_inputs
-from training.checkpoint import atomic_write_bytes
 
 INPUT = "input.npy"
 EXPECTED = "expected_output.npy"
@@ -44,9 +43,8 @@ def verify_steps() -> list:
 
 def _torch_pair(card_path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     import torch
-
-    from training.checkpoint import load_deployable
-    from training.data import test_images
+    from agq.training.checkpoint import load_deployable
+    from agq.training.data import test_images
 
     checkpoint = Path(json.loads(card_path.read_text())["checkpoint"]["path"])
     cfg, model, _ = load_deployable(checkpoint)

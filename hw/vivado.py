@@ -18,9 +18,10 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from agq.hw.boards import Board
+from agq.hw.config import HwConfig
+
 from agq.errors import AgqError
-from hw.boards import Board
-from hw.config import HwConfig
 
 VIVADO_VERSIONS = "Vivado 2022.2 or 2024.2"
 # exit status of `agq build` when the Vivado steps could not run (and --allow-missing-vivado is absent)
@@ -104,10 +105,9 @@ def fifo_sizing_simulates(hw_cfg: HwConfig) -> bool:
 
 def requirements(board: Board, hw_cfg: HwConfig) -> list[Requirement]:
     """Every tool, variable, file and library the Vivado steps of this build will need."""
+    from agq.hw.finn_env import finn_paths
     from finn.transformation.fpgadataflow.simulation_build import NLOHMANN_JSON_DEP_SUBDIR
     from finn.util.basic import alveo_default_platform, get_vivado_version
-
-    from hw.finn_env import finn_paths
 
     paths = finn_paths()
     deps = paths["FINN_DEPS"]
@@ -206,7 +206,7 @@ def vivado_steps(finn_steps: object, board: Board, hw_cfg: HwConfig) -> list:
     FINN's ``step_prepare_synthesis`` does nothing for Zynq and builds the kernels for Alveo. Versal
     kits have no shell in FINN: their build ends with the stitched IP (and its synthesis).
     """
-    from hw.deploy import step_deploy_host_side
+    from agq.hw.deploy import step_deploy_host_side
 
     steps = [step_prepare_xsi] if fifo_sizing_simulates(hw_cfg) else []
     steps += [finn_steps.step_hw_ipgen, finn_steps.step_set_fifo_depths, finn_steps.step_create_stitched_ip]

@@ -7,15 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as tf
+from agq.training.ag_one_pass import OnePassAG
+from agq.training.ag_two_pass import TwoPassAG
+from agq.training.config import Config, config_from_dict
+from agq.training.models import build_model
+from agq.training.objective import build_objective
+from agq.training.precision import full_precision, precision_state
 from brevitas.nn import QuantConv2d
 from torch import nn
-
-from training.ag_one_pass import OnePassAG
-from training.ag_two_pass import TwoPassAG
-from training.config import Config, config_from_dict
-from training.models import build_model
-from training.objective import build_objective
-from training.precision import full_precision, precision_state
 
 TINY_MODEL = {
     "image_size": 8, "stem_channels": 4, "widths": [4, 8, 8], "depths": [1, 1, 1], "strides": [2, 2, 1],

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as tf
+from agq.training.config import config_from_dict
+from agq.training.models import build_model
+from agq.training.objective import build_objective
+from agq.training.precision import full_precision, precision_state
 from torch import nn
 
 from agq.errors import AgqError
 from tests.test_ag import batch, tiny_config
-from training.config import config_from_dict
-from training.models import build_model
-from training.objective import build_objective
-from training.precision import full_precision, precision_state
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,14 @@ import statistics
 
 import pytest
 import torch
+from agq.bench import accuracy, table
+from agq.bench.accuracy import PRETRAIN, Job, Runner, jobs
+from agq.bench.fill_table import row_of
+from agq.bench.rows import PRETRAINED_ONLY, ROWS, row
+from agq.training.config import Config, load_config
 
 from agq.cli import main
 from agq.errors import AgqError
-from bench import accuracy, table
-from bench.accuracy import PRETRAIN, Job, Runner, jobs
-from bench.fill_table import row_of
-from bench.rows import PRETRAINED_ONLY, ROWS, row
-from training.config import Config, load_config
 
 DIGITS = "configs/digits_tiny.yaml"
 
@@ -118,8 +118,8 @@ def test_paired_difference_has_a_student_t_interval():
 
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
 def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
-    from training.checkpoint import load_checkpoint
-    from training.loop import train
+    from agq.training.checkpoint import load_checkpoint
+    from agq.training.loop import train
 
     extra = [f"train.output_dir={tmp_path / 'shared'}", "train.pretrain_epochs=1", "train.epochs=2"]
     runner = Runner(tmp_path / "records", extra, base=DIGITS)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from agq.hw.rtlsim.report import FOLDER, LOGITS
 from brevitas.export import export_qonnx
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
 from agq.cli import main
-from hw.rtlsim.report import FOLDER, LOGITS
 
 SHAPE = (1, 1, 8, 8)
 TRAIN = 1500  # digits images used for training; the other 297 are the test images
@@ -160,8 +160,8 @@ def test_foreign_mlp_builds_all_rtl_with_the_mapping_in_the_first_thresholds(mlp
 
 
 def test_finn_verifies_the_intermediate_models_on_the_users_files(mlp, mlp_build, tmp_path):
-    from hw.build import build_accelerator
-    from hw.config import HwConfig
+    from agq.hw.build import build_accelerator
+    from agq.hw.config import HwConfig
 
     n = VERIFY
     assert np.array_equal(np.load(mlp_build / "input.npy"), np.load(mlp["verify_inputs"]).astype(np.float32))
@@ -280,7 +280,7 @@ def test_external_weights_are_read_and_a_missing_file_is_named(mlp, tmp_path, ca
     folder.mkdir()
     onnx.save(onnx.load(str(mlp["model"])), str(folder / "model.onnx"), save_as_external_data=True,
               location="weights.bin", size_threshold=0)
-    from hw.build import load_qonnx
+    from agq.hw.build import load_qonnx
 
     assert len(load_qonnx(folder / "model.onnx").graph.initializer) > 0
     (folder / "weights.bin").unlink()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from agq.training import data
 
 from agq.cli import main
-from training import data
 
 CONFIG = "configs/digits_tiny.yaml"
 
@@ -118,7 +118,7 @@ def test_resume_with_another_model_config(capsys, pretrained_run):
 def test_resume_of_a_finished_run_rewrites_the_same_checkpoint(capsys, pretrained_run):
     tmp_path, args = pretrained_run
     final = tmp_path / "runs" / "digits_tiny" / "checkpoint.pt"
-    from training.checkpoint import load_checkpoint
+    from agq.training.checkpoint import load_checkpoint
 
     before = load_checkpoint(final)
     assert main([*args, "--resume"]) == 0

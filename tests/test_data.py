@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from agq.training import data
+from agq.training.augment import augment
+from agq.training.config import DataConfig
 
 from agq.errors import AgqError
-from training import data
-from training.augment import augment
-from training.config import DataConfig
 
 DIGITS = DataConfig(dataset="digits", val_size=100)
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import torch
-
-from training import data
-from training.checkpoint import load_checkpoint, load_deployable
+from agq.training import data
+from agq.training.checkpoint import load_checkpoint, load_deployable
 
 
 def test_two_gloo_processes_train_and_write_one_checkpoint(tmp_path):

@@ -7,6 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from agq.export.contract import contract_violations
+from agq.export.equivalence import TIE_TOLERANCE_STEPS, check_equivalence, integer_logits
+from agq.export.layers import output_scale, trace_quant_layers
+from agq.export.lint import lint_graph
+from agq.export.qonnx import EquivalenceError, export_checkpoint, to_qonnx
+from agq.training import data
+from agq.training.checkpoint import file_sha256, load_deployable, save_checkpoint
+from agq.training.config import config_from_dict
+from agq.training.models import build_model
+from agq.training.objective import init_weight_scales
+from agq.training.quant import weight_quant
 from brevitas.nn import QuantConv2d
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
@@ -16,17 +27,6 @@ from qonnx.util.cleanup import cleanup_model
 
 from agq.cli import main
 from agq.errors import AgqError
-from export.contract import contract_violations
-from export.equivalence import TIE_TOLERANCE_STEPS, check_equivalence, integer_logits
-from export.layers import output_scale, trace_quant_layers
-from export.lint import lint_graph
-from export.qonnx import EquivalenceError, export_checkpoint, to_qonnx
-from training import data
-from training.checkpoint import file_sha256, load_deployable, save_checkpoint
-from training.config import config_from_dict
-from training.models import build_model
-from training.objective import init_weight_scales
-from training.quant import weight_quant
 
 MODEL = {"image_size": 8, "stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "strides": [2, 2]}
 N_IMAGES = 96
@@ -258,7 +258,7 @@ def test_cli_exports_and_reports(checkpoint, tmp_path, capsys):
 
 def test_cli_reports_each_differing_image_and_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
     """An export whose graph is not F (one stem weight negated) fails with every image listed."""
-    import export.qonnx
+    import agq.export.qonnx
 
     def altered(model, shape):
         qmodel = to_qonnx(model, shape)
@@ -268,7 +268,7 @@ def test_cli_reports_each_differing_image_and_writes_nothing(checkpoint, tmp_pat
         qmodel.set_initializer(quant.input[0], weight)
         return qmodel
 
-    monkeypatch.setattr(export.qonnx, "to_qonnx", altered)
+    monkeypatch.setattr(agq.export.qonnx, "to_qonnx", altered)
     with pytest.raises(EquivalenceError) as failure:
         export_checkpoint(checkpoint, tmp_path / "out", n_images=16)
     assert not (tmp_path / "out").exists()

@@ -12,18 +12,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from agq.export.qonnx import to_qonnx
+from agq.hw.build import build_accelerator
+from agq.hw.config import HwConfig, load_hw_config
+from agq.training.config import ModelConfig, load_config
+from agq.training.models import build_model
+from agq.training.quant import act_quant, weight_quant
 from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 from onnx import TensorProto, helper
 from torch import nn
 
 from agq.cli import main
 from agq.errors import AgqError
-from export.qonnx import to_qonnx
-from hw.build import build_accelerator
-from hw.config import HwConfig, load_hw_config
-from training.config import ModelConfig, load_config
-from training.models import build_model
-from training.quant import act_quant, weight_quant
 
 SHAPE = (1, 1, 28, 28)
 
@@ -177,7 +177,7 @@ def test_float_operation_in_partition_fails_the_certificate(tmp_path):
 
 
 def test_integer_annotated_parameter_with_fractions_is_float(default_build):
-    from hw.certificate import certificate
+    from agq.hw.certificate import certificate
 
     build_dir, _ = default_build
     partition, parent = load(build_dir / "partition_hdl.onnx"), load(build_dir / "parent.onnx")
@@ -247,7 +247,7 @@ def test_hw_config_is_validated(tmp_path):
 
 
 def test_an_error_inside_a_finn_step_is_one_line_with_the_traceback_in_the_log(default_build, tmp_path):
-    from hw.runner import StepRunner
+    from agq.hw.runner import StepRunner
 
     build_dir, _ = default_build
 

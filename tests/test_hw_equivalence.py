@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from agq.export.qonnx import export_checkpoint
+from agq.hw.build import build_accelerator
+from agq.hw.rtlsim.report import FOLDER, LOGITS
+from agq.hw.rtlsim.run import simulate
+from agq.training.config import load_config
+from agq.training.loop import train
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
-from export.qonnx import export_checkpoint
-from hw.build import build_accelerator
-from hw.rtlsim.report import FOLDER, LOGITS
-from hw.rtlsim.run import simulate
-from training.config import load_config
-from training.loop import train
 
 CONFIG = "configs/digits_tiny.yaml"
 
@@ -58,7 +58,7 @@ def assert_bit_exact(report: dict) -> None:
 
 
 def test_rtl_equals_finn_and_pytorch_on_every_image(build_dir, baseline):
-    from training.data import test_images
+    from agq.training.data import test_images
 
     report, logits = baseline
     n = len(test_images(load_config(CONFIG).data)[1])
@@ -83,13 +83,13 @@ def test_output_stalls_leave_every_result_unchanged(build_dir, baseline, stall_p
 
 
 def test_stall_watchdog_names_the_last_stream(build_dir):
-    from hw import finn_env
-    from hw.rtlsim.build_info import read_build
-    from hw.rtlsim.drive import ChunkedRun
-    from hw.rtlsim.references import partition_inputs
-    from hw.rtlsim.stitch import stitch
-    from hw.rtlsim.verilator import compile_design
-    from training.data import test_images
+    from agq.hw import finn_env
+    from agq.hw.rtlsim.build_info import read_build
+    from agq.hw.rtlsim.drive import ChunkedRun
+    from agq.hw.rtlsim.references import partition_inputs
+    from agq.hw.rtlsim.stitch import stitch
+    from agq.hw.rtlsim.verilator import compile_design
+    from agq.training.data import test_images
 
     info = read_build(build_dir)
     finn_env.use_build_dir(build_dir)
@@ -124,8 +124,8 @@ def test_one_flipped_weight_bit_is_caught(build_dir):
 
 
 def test_stitch_refuses_a_layer_without_rtl(build_dir):
-    from hw import finn_env
-    from hw.rtlsim.stitch import stitch
+    from agq.hw import finn_env
+    from agq.hw.rtlsim.stitch import stitch
 
     finn_env.use_build_dir(build_dir)
     partition = ModelWrapper(str(build_dir / "partition_hdl.onnx"))
@@ -139,9 +139,9 @@ def test_a_mis_wired_top_is_refused(build_dir):
     import dataclasses
     import re
 
-    from hw import finn_env
-    from hw.rtlsim.stitch import stitch
-    from hw.rtlsim.verilator import compile_design
+    from agq.hw import finn_env
+    from agq.hw.rtlsim.stitch import stitch
+    from agq.hw.rtlsim.verilator import compile_design
 
     finn_env.use_build_dir(build_dir)
     design = stitch(ModelWrapper(str(build_dir / "partition_hdl.onnx")))

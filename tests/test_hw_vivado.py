@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from agq.hw.boards import resolve_board
+from agq.hw.build import build_accelerator
+from agq.hw.config import HwConfig
 
 from agq.cli import main
 from agq.errors import AgqError
-from hw.boards import resolve_board
-from hw.build import build_accelerator
-from hw.config import HwConfig
 from tests import fake_vivado
 from tests.test_hw_build import Tiny, export
 
@@ -187,7 +187,7 @@ def test_missing_dependency_stops_with_one_line_naming_it(tiny_model, fifo_file,
 
 
 def test_requirements_follow_board_and_platform(fake_env, monkeypatch):
-    from hw import finn_env, vivado
+    from agq.hw import finn_env, vivado
 
     finn_env.use_build_dir(Path(fake_env["FINN_DEPS"]).parent / "settings")
     assert vivado.board_file_name("Pynq-Z2") == "pynq-z2"
@@ -212,7 +212,7 @@ def test_requirements_follow_board_and_platform(fake_env, monkeypatch):
 
 
 def test_environment_and_restart_for_xsim_libraries(fake_env, monkeypatch):
-    from hw import finn_env
+    from agq.hw import finn_env
 
     values = finn_env.prepare_vivado_env()
     assert Path(values["FINN_RTLLIB"], "memstream").is_dir() and Path(values["FINN_CUSTOM_HLS"]).is_dir()
@@ -226,10 +226,9 @@ def test_environment_and_restart_for_xsim_libraries(fake_env, monkeypatch):
 
 
 def test_xsi_bridge_failure_is_one_line_inside_the_runner(fake_build, fake_env, tmp_path):
+    from agq.hw.runner import StepRunner
+    from agq.hw.vivado import step_prepare_xsi
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw.runner import StepRunner
-    from hw.vivado import step_prepare_xsi
 
     build_dir, _, _ = fake_build
     with (tmp_path / "build.log").open("w") as log:
@@ -246,10 +245,9 @@ def test_simulated_fifo_sizing_reaches_vivado_per_layer_then_stops_at_xsi(fake_b
     """FINN's own FIFO sizing (distributed simulation): every layer's stitched IP goes through the stand-in
     Vivado with FINN_RTLLIB set, then FINN needs its XSI bridge, which only a real Vivado can build."""
     import finn.builder.build_dataflow_steps as finn
+    from agq.hw.steps import AgqBuildConfig
     from finn.util.exception import FINNUserError
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw.steps import AgqBuildConfig
 
     build_dir, report, _ = fake_build
     before = len(fake_vivado.calls(fake_env))
@@ -356,10 +354,9 @@ def test_out_of_context_synthesis_reaches_vivado_with_the_stitched_project(fake_
     """FINN's OOC step runs its Tcl on the stitched project; the stand-in writes no reports, so FINN
     stops where real numbers would be read - nothing is invented."""
     import finn.builder.build_dataflow_steps as finn
+    from agq.hw.build import finn_config
+    from agq.hw.runner import StepRunner
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw.build import finn_config
-    from hw.runner import StepRunner
 
     build_dir, report, _ = fake_build
     stitched = next(s for s in report["steps"] if s["name"] == "step_create_stitched_ip")

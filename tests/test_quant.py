@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from agq.training.config import ModelConfig
+from agq.training.models import build_model
+from agq.training.precision import clipped_activations, full_precision
+from agq.training.quant import weight_quant
 from brevitas.nn import QuantConv2d, QuantReLU
-
-from training.config import ModelConfig
-from training.models import build_model
-from training.precision import clipped_activations, full_precision
-from training.quant import weight_quant
 
 
 @pytest.mark.parametrize(("clamp", "passes"), [("ste", True), ("clamp", False)])

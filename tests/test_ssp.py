@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from agq.training.models import build_model
+from agq.training.objective import build_objective
+from agq.training.precision import precision_state
+from agq.training.ssp import StochasticPrecision, fragments, ssp_delta
 
 from tests.test_ag import batch, tiny_config
-from training.models import build_model
-from training.objective import build_objective
-from training.precision import precision_state
-from training.ssp import StochasticPrecision, fragments, ssp_delta
 
 DRAWS = 2000
 

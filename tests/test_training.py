@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-
-from training import loop
-from training.checkpoint import load_checkpoint, load_deployable
-from training.config import load_config
-from training.loop import finetune_milestones, train
+from agq.training import loop
+from agq.training.checkpoint import load_checkpoint, load_deployable
+from agq.training.config import load_config
+from agq.training.loop import finetune_milestones, train
 
 CONFIG = "configs/digits_tiny.yaml"
 
@@ -56,7 +55,7 @@ def test_tiny_run_learns_and_writes_its_files(uninterrupted):
     assert (cfg.run_dir / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     # the deployable F: fully quantized, evaluates to the logged accuracy
     _, model, _ = load_deployable(path)
-    from training.data import test_images
+    from agq.training.data import test_images
 
     images, labels = test_images(cfg.data)
     with torch.no_grad():
@@ -109,9 +108,8 @@ def test_another_seed_gives_other_weights(uninterrupted, tmp_path):
     ("cifar100_resnet34_plain", 34, 8192),
 ])
 def test_shipped_configs_build_their_networks(name, weight_layers, fc_inputs):
+    from agq.training.models import build_model
     from brevitas.nn import QuantConv2d, QuantLinear
-
-    from training.models import build_model
 
     cfg = load_config(f"configs/{name}.yaml")
     model = build_model(cfg.model)

@@ -37,10 +37,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as tf
+from agq.training.config import AGConfig
+from agq.training.models import QuantCNN
 from torch import nn
-
-from training.config import AGConfig
-from training.models import QuantCNN
 
 Outputs = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]
 
@@ -105,10 +104,10 @@ def own_classifier(model: QuantCNN) -> nn.Sequential:
 def build_ag(model: QuantCNN, cfg: AGConfig) -> nn.Module:
     """H's private parts for F, in the design ``cfg.design`` asks for (config validated before)."""
     if cfg.design == "one_pass":
-        from training.ag_one_pass import OnePassAG
+        from agq.training.ag_one_pass import OnePassAG
 
         return OnePassAG(model, cfg.granularity)
-    from training.ag_two_pass import TwoPassAG
+    from agq.training.ag_two_pass import TwoPassAG
 
     return TwoPassAG(model, cfg.granularity, own_head=cfg.head == "own", copy_bn=cfg.copy_bn,
                      fused=cfg.fused)

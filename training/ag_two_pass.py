@@ -27,10 +27,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from agq.training.ag import Outputs, adaptors_and_projections, own_classifier, select_taps, tap_shapes
+from agq.training.models import QuantCNN
 from torch import nn
-
-from training.ag import Outputs, adaptors_and_projections, own_classifier, select_taps, tap_shapes
-from training.models import QuantCNN
 
 
 class TwoPassAG(nn.Module):

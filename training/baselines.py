@@ -20,13 +20,13 @@ import copy
 
 import torch
 import torch.nn.functional as tf
+from agq.training.models import QuantCNN
+from agq.training.precision import set_precision
 from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjectorBase
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from torch import nn
 
 from agq.errors import AgqError
-from training.models import QuantCNN
-from training.precision import set_precision
 
 
 class Distillation(nn.Module):

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from agq.training.augment import augment
+from agq.training.data import ImageSet
+from agq.training.distributed import Cluster
 from torch.utils.data.distributed import DistributedSampler
 
 from agq.errors import AgqError
-from training.augment import augment
-from training.data import ImageSet
-from training.distributed import Cluster
 
 
 class TrainBatches:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from agq.training.config import Config, config_from_dict
+from agq.training.models import QuantCNN, build_model
 
 from agq.errors import AgqError
-from training.config import Config, config_from_dict
-from training.models import QuantCNN, build_model
 
 FORMAT = "agq-checkpoint-v1"
 

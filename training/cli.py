@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import load_config
-    from training.loop import train
+    from agq.training.config import load_config
+    from agq.training.loop import train
 
     cfg = load_config(args.config, args.overrides)
     path = train(cfg, resume=args.resume, progress=args.progress)

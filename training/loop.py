@@ -34,19 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from agq.training.batches import TrainBatches
+from agq.training.checkpoint import save_checkpoint
+from agq.training.config import Config, ModelConfig, TrainConfig
+from agq.training.data import Splits, load_splits
+from agq.training.distributed import Cluster, cluster
+from agq.training.metrics import MetricsLog, accuracy
+from agq.training.models import QuantCNN, build_model
+from agq.training.precision import clipped_activations, full_precision
+from agq.training.resume import resume_state, rng_state, set_rng_state
 from torch import nn
 from tqdm import tqdm
 
 from agq.errors import AgqError
-from training.batches import TrainBatches
-from training.checkpoint import save_checkpoint
-from training.config import Config, ModelConfig, TrainConfig
-from training.data import Splits, load_splits
-from training.distributed import Cluster, cluster
-from training.metrics import MetricsLog, accuracy
-from training.models import QuantCNN, build_model
-from training.precision import clipped_activations, full_precision
-from training.resume import resume_state, rng_state, set_rng_state
 
 EVAL_BATCH = 500
 LAZY_SCALE = "weight_quant.tensor_quant.scaling_impl.value"
@@ -154,7 +154,7 @@ class _Run:
     # --- phases --------------------------------------------------------------------------------------
 
     def _pretrain(self, state: dict[str, Any] | None) -> None:
-        from training.objective import build_pretrain_objective
+        from agq.training.objective import build_pretrain_objective
 
         cfg, tcfg, model = self.cfg, self.cfg.train, self.model
         with_ag = cfg.ag.enabled and cfg.ag.pretrain
@@ -188,7 +188,7 @@ class _Run:
             self.pretrained_ag = module.ag.state_dict()
 
     def _finetune(self, state: dict[str, Any] | None) -> nn.Module:
-        from training.objective import build_objective
+        from agq.training.objective import build_objective
 
         tcfg, model = self.cfg.train, self.model
         objective = build_objective(model, self.cfg).to(self.node.device)
@@ -285,7 +285,7 @@ class _Run:
     def _save_final(self, objective: nn.Module | None) -> Path:
         path = self.cfg.run_dir / "checkpoint.pt"
         if objective is None:  # pre-training only: give F the weight scales a fine-tuned F would have
-            from training.objective import init_weight_scales
+            from agq.training.objective import init_weight_scales
 
             init_weight_scales(self.model)
         if self.node.main:

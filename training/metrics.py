@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from training.batches import eval_batches
-from training.checkpoint import atomic_write_bytes
-from training.data import ImageSet
-from training.distributed import Cluster
+from agq.training.batches import eval_batches
+from agq.training.checkpoint import atomic_write_bytes
+from agq.training.data import ImageSet
+from agq.training.distributed import Cluster
 
 Logits = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 

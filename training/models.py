@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+from agq.training.config import ModelConfig
+from agq.training.quant import act_quant, weight_quant
 from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 from torch import nn
-
-from training.config import ModelConfig
-from training.quant import act_quant, weight_quant
 
 
 class PreActConv(nn.Module):

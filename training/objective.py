@@ -36,15 +36,14 @@ import contextlib
 
 import torch
 import torch.nn.functional as tf
+from agq.training.ag import build_ag
+from agq.training.baselines import AdditionalLosses, Distillation
+from agq.training.config import Config
+from agq.training.models import QuantCNN
+from agq.training.precision import set_precision
+from agq.training.ssp import StochasticPrecision
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer as QuantWBIOL
 from torch import nn
-
-from training.ag import build_ag
-from training.baselines import AdditionalLosses, Distillation
-from training.config import Config
-from training.models import QuantCNN
-from training.precision import set_precision
-from training.ssp import StochasticPrecision
 
 
 class TrainingObjective(nn.Module):

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from agq.training.checkpoint import load_checkpoint
+from agq.training.config import Config
 
 from agq.errors import AgqError
-from training.checkpoint import load_checkpoint
-from training.config import Config
 
 MAY_DIFFER = frozenset({"data.root", "data.num_workers", "train.threads", "train.device", "train.output_dir"})
 

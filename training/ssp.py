@@ -29,12 +29,11 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+from agq.training.config import SSPConfig
+from agq.training.models import QuantCNN
+from agq.training.precision import set_precision
 from brevitas.nn import QuantConv2d
 from torch import nn
-
-from training.config import SSPConfig
-from training.models import QuantCNN
-from training.precision import set_precision
 
 
 def ssp_delta(progress: float, delta_start: float, decay_epochs: float) -> float:

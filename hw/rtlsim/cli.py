@@ -31,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agq.hw.rtlsim.report import FOLDER, summary
+    from agq.hw.rtlsim.run import simulate
+
     from agq.errors import AgqError
-    from hw.rtlsim.report import FOLDER, summary
-    from hw.rtlsim.run import simulate
 
     report = simulate(args.build, images=args.images, stall_prob=args.stall_prob, seed=args.seed,
                       inputs=args.inputs, expected=args.expected, jobs=args.jobs,

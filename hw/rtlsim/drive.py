@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from agq.hw.rtlsim.stitch import StitchedDesign
+from agq.hw.rtlsim.verilator import Simulator
 from finn.util.data_packing import npy_to_rtlsim_input, rtlsim_output_to_npy
 from qonnx.core.datatype import DataType
 
 from agq.errors import AgqError
-from hw.rtlsim.stitch import StitchedDesign
-from hw.rtlsim.verilator import Simulator
 
 
 @dataclass

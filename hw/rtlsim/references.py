@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from agq.export.equivalence import TIE_TOLERANCE_STEPS, integer_logits
+from agq.export.layers import QuantLayer
 from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
@@ -35,8 +37,6 @@ from qonnx.util.basic import qonnx_make_model
 from torch import nn
 
 from agq.errors import AgqError
-from export.equivalence import TIE_TOLERANCE_STEPS, integer_logits
-from export.layers import QuantLayer
 
 SDP = "StreamingDataflowPartition"
 

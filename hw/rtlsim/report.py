@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from training.checkpoint import atomic_write_bytes
+from agq.training.checkpoint import atomic_write_bytes
 
 FOLDER = "rtlsim"
 LOGITS = "hardware_logits.npy"

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from agq.hw.rtlsim.build_info import BuildInfo, read_build
+from agq.hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_per_image
+from agq.hw.rtlsim.report import write_report
 from tqdm import tqdm
 
 from agq.errors import AgqError
-from hw.rtlsim.build_info import BuildInfo, read_build
-from hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_per_image
-from hw.rtlsim.report import write_report
 
 # Longest time without any AXI-stream handshake that is still progress: a layer never computes a whole
 # frame without moving a stream, so FINN's per-layer cycle estimate bounds it; floor for tiny designs.
@@ -34,8 +34,8 @@ class _TorchReference:
     """PyTorch's exact integer logits of an agq model, and the diagnosis of every image that differs."""
 
     def __init__(self, model: Any, raw: np.ndarray) -> None:
-        from export.layers import trace_quant_layers
-        from hw.rtlsim.references import torch_logits
+        from agq.export.layers import trace_quant_layers
+        from agq.hw.rtlsim.references import torch_logits
 
         self.model, self.raw = model, raw
         self.layers = trace_quant_layers(model, (1, *raw.shape[1:]))
@@ -44,7 +44,7 @@ class _TorchReference:
     def compare(self, hw: np.ndarray, finn_out: np.ndarray, finn_equal: np.ndarray, finn: Any,
                 inputs: np.ndarray, output_scale: float) -> tuple[dict[str, Any], bool]:
         """(the report's PyTorch counts and differences, whether only float ties differ)."""
-        from hw.rtlsim.references import explain_difference
+        from agq.hw.rtlsim.references import explain_difference
 
         torch_equal = (hw == self.exact).all(axis=1)
         rounded_equal = (hw == np.round(self.floats.astype(np.float64) / output_scale)).all(axis=1)
@@ -97,10 +97,9 @@ def _validate(images: int | None, stall_prob: float, jobs: int) -> None:
 def _images(info: BuildInfo, cfg: Any, images: int | None, inputs: Path | None, expected: Path | None
             ) -> tuple[np.ndarray, np.ndarray | None, str, np.ndarray | None]:
     """(raw images, labels or None, where the images come from, expected integer outputs or None)."""
+    from agq.hw.rtlsim.user_data import host_tail, load_expected, load_inputs
+    from agq.training.data import test_images
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw.rtlsim.user_data import host_tail, load_expected, load_inputs
-    from training.data import test_images
 
     if inputs is None:
         if cfg is None:
@@ -137,14 +136,13 @@ def simulate(
     outputs to ``<build>/rtlsim/hardware_logits.npy``.
     """
     _validate(images, stall_prob, jobs)
+    from agq.hw import finn_env
+    from agq.hw.rtlsim.references import FinnPython, partition_inputs
+    from agq.hw.rtlsim.rtllib_fixes import fixed_files
+    from agq.hw.rtlsim.stitch import stitch
+    from agq.hw.rtlsim.verilator import compile_design, verilator_version
+    from agq.training.checkpoint import load_deployable
     from qonnx.core.modelwrapper import ModelWrapper
-
-    from hw import finn_env
-    from hw.rtlsim.references import FinnPython, partition_inputs
-    from hw.rtlsim.rtllib_fixes import fixed_files
-    from hw.rtlsim.stitch import stitch
-    from hw.rtlsim.verilator import compile_design, verilator_version
-    from training.checkpoint import load_deployable
 
     info = read_build(Path(build_dir))
     finn_env.use_build_dir(info.build_dir)  # FINN's settings (finn-rtllib path) for its IPI descriptions

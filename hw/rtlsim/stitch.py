@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agq.hw.rtlsim.hdl import ModuleHeader, read_module_headers
+from agq.hw.rtlsim.ipi import NodeAssembly, read_ipi
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
-from hw.rtlsim.hdl import ModuleHeader, read_module_headers
-from hw.rtlsim.ipi import NodeAssembly, read_ipi
 
 TOP = "agq_top"
 _TOP_CELL = "$top"

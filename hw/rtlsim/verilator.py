@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agq.hw.rtlsim.rtllib_fixes import build_copy_text
+from agq.hw.rtlsim.stitch import TOP, StitchedDesign
+
 from agq.errors import AgqError
-from hw.rtlsim.rtllib_fixes import build_copy_text
-from hw.rtlsim.stitch import TOP, StitchedDesign
 
 TESTBENCH = Path(__file__).with_name("tb.cpp")
 BINARY = "agq_sim"
