@@ -13,7 +13,7 @@ whole batch is shifted in one indexing op and every random number comes from the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 
 FLIP_DATASETS = frozenset({"cifar10", "cifar100", "imagefolder"})
 PAD = {"mnist": 2, "digits": 1, "cifar10": 4, "cifar100": 4}
@@ -28,7 +28,7 @@ def augment(images: torch.Tensor, dataset: str, generator: torch.Generator) -> t
     """Randomly shifted (and, for natural images, flipped) copy of a uint8 batch (B, C, H, W)."""
     batch, channels, height, width = images.shape
     pad = shift_pad(dataset, min(height, width))
-    padded = F.pad(images, (pad, pad, pad, pad))
+    padded = nnf.pad(images, (pad, pad, pad, pad))
     dy, dx = torch.randint(0, 2 * pad + 1, (2, batch, 1), generator=generator)
     rows = (dy + torch.arange(height))[:, None, :, None]
     cols = (dx + torch.arange(width))[:, None, None, :]

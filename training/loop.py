@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from agq.training.batches import TrainBatches
 from agq.training.checkpoint import save_checkpoint
 from agq.training.config import Config, ModelConfig, TrainConfig
@@ -168,7 +168,7 @@ class _Run:
         net = self.node.wrap(module)
 
         def step(x: torch.Tensor, y: torch.Tensor, _: float) -> torch.Tensor:
-            loss = net(x, y, 0.0)[0] if with_ag else F.cross_entropy(net(x), y)
+            loss = net(x, y, 0.0)[0] if with_ag else nnf.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
