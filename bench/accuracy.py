@@ -151,8 +151,10 @@ class Runner:
         return True
 
     def run(self, job: Job) -> dict[str, Any]:
-        from agq.training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+        from agq.training.checkpoint import load_checkpoint, save_checkpoint
         from agq.training.loop import train
+
+        from agq.io import write_json
 
         cfg = self.config(job)
         begin = time.perf_counter()
@@ -177,7 +179,7 @@ class Runner:
                   "pretrain": job.pre if job.row == PRETRAIN else row(job.row).pretrain,
                   "history": history, "final": final, "wall_s": round(time.perf_counter() - begin, 1),
                   "training_code_sha256": training_code_hash()}
-        atomic_write_bytes(self.record_path(job), (json.dumps(record, indent=1) + "\n").encode())
+        write_json(self.record_path(job), record, indent=1)
         return record
 
 

@@ -42,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from agq.bench import accuracy, report
     from agq.bench.rows import row
-    from agq.training.checkpoint import atomic_write_bytes
 
     from agq.errors import AgqError
+    from agq.io import atomic_write_bytes
 
     counts = (args.seeds, args.workers, args.cost_rounds, args.cost_steps, args.cost_batch)
     if min(counts) < 1 or args.ablation_seeds < 0:

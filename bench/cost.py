@@ -123,9 +123,9 @@ def run_cost(batch: int, steps: int, rounds: int, out: Path) -> dict[str, Any]:
         entry["memory_ratio"] = entry["step_rss_mib"] / base["step_rss_mib"]
     report = {"batch": batch, "steps": steps, "rounds": rounds, "config": str(BASE_CONFIG),
               "methods": table, "samples": samples, "fused_equality": fused_equality(batch)}
-    from agq.training.checkpoint import atomic_write_bytes
+    from agq.io import write_json
 
-    atomic_write_bytes(out, (json.dumps(report, indent=1) + "\n").encode())
+    write_json(out, report, indent=1)
     return report
 
 

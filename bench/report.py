@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from agq.bench import cost, hardware, table, zero_grad
-from agq.training.checkpoint import atomic_write_bytes
+
+from agq.io import atomic_write_bytes
+from agq.io import write_json as _write_json
 
 TITLE = "2-bit CNN on MNIST (configs/bench/mnist_deep.yaml), test top-1 of the deployed network F"
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+    _write_json(path, data, indent=1)
 
 
 def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE) -> str:

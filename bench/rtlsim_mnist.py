@@ -12,7 +12,6 @@ cycles/s on this machine) go to bench/results/rtlsim_mnist.json, written even wh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -70,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from agq.hw.rtlsim.report import summary
     from agq.hw.rtlsim.run import simulate
-    from agq.training.checkpoint import atomic_write_bytes
 
     from agq.errors import AgqError
+    from agq.io import write_json
 
     start = time.monotonic()
     try:
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench rtlsim_mnist: error: {exc}", file=sys.stderr)
         return exc.exit_code
     record = result_record(report, time.monotonic() - start)
-    atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
+    write_json(args.out, record)
     print(summary(report))
     print(f"wrote {args.out} ({record['total_wall_seconds']} s in all)")
     return 0 if report["ok"] else 1

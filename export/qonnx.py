@@ -18,7 +18,7 @@ from agq.export.equivalence import EquivalenceReport, check_equivalence
 from agq.export.layers import output_scale, pair_layers, trace_quant_layers
 from agq.export.lint import lint_graph
 from agq.export.model_card import card_bytes, model_card
-from agq.training.checkpoint import atomic_write_bytes, file_sha256, load_deployable
+from agq.training.checkpoint import load_deployable
 from agq.training.data import class_names, test_images
 from brevitas.export import export_qonnx
 from qonnx.core.datatype import DataType
@@ -28,6 +28,7 @@ from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.cleanup import cleanup_model
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes, file_sha256
 
 
 class EquivalenceError(AgqError):

@@ -21,9 +21,9 @@ from agq.hw import finn_env, prune, vivado
 from agq.hw import report as report_md
 from agq.hw.boards import DEFAULT_BOARD, Board, resolve_board
 from agq.hw.config import MAX_FPS, HwConfig, load_hw_config
-from agq.training.checkpoint import atomic_write_bytes, file_sha256
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes, file_sha256
 
 MODEL_CARD = "model.json"
 

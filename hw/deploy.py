@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from agq.hw.certificate import SDP, output_scale
-from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes
 
 HOST = "host.json"
 SCRIPT = Path(__file__).resolve().parent / "board" / "run_on_board.py"

@@ -23,10 +23,10 @@ from functools import partial
 
 from agq.hw.boards import resolve_board
 from agq.hw.estimates import KINDS
-from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes
 
 SEARCH = "max_fps_search.json"
 

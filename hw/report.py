@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from agq.hw.estimates import KINDS
-from agq.training.checkpoint import atomic_write_bytes
+
+from agq.io import atomic_write_bytes
 
 REPORT_MD = "report.md"
 FOLDING_COPY = "folding_config.json"

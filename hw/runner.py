@@ -22,11 +22,11 @@ from typing import IO
 
 from agq.hw.finn_env import FINN_TMP
 from agq.hw.prune import referenced_paths
-from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
 from tqdm import tqdm
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes, write_json
 
 MANIFEST = "steps.json"
 Step = Callable[[ModelWrapper, object], ModelWrapper]
@@ -75,7 +75,7 @@ class StepRunner:
             return {}
 
     def _save_manifest(self, done: list[dict]) -> None:
-        atomic_write_bytes(self.manifest_path, json.dumps({"steps": done}, indent=2).encode())
+        write_json(self.manifest_path, {"steps": done})
 
     def _reusable_prefix(self, names: list[str], required: list[Path], old: dict[str, dict]
                          ) -> tuple[int, ModelWrapper | None]:

@@ -21,13 +21,13 @@ from agq.hw.certificate import SDP, certificate, require_integer_only
 from agq.hw.max_fps import searched_target, step_max_fps_folding
 from agq.hw.rtl_check import non_rtl_layers, require_all_rtl, require_mapped
 from agq.hw.transforms import PreferRTL, ReturnOutputScaleToHost
-from agq.training.checkpoint import atomic_write_bytes
 from finn.builder.build_dataflow_config import AutoFIFOSizingMethod, DataflowBuildConfig
 from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes
 
 PARTITION_HDL = "partition_hdl.onnx"
 PARENT = "parent.onnx"

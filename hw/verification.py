@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from agq.hw.rtlsim.user_data import load_array, load_inputs
-from agq.training.checkpoint import atomic_write_bytes
 from qonnx.core.modelwrapper import ModelWrapper
+
+from agq.io import atomic_write_bytes
 
 INPUT = "input.npy"
 EXPECTED = "expected_output.npy"

@@ -13,7 +13,7 @@ from agq.export.layers import output_scale, trace_quant_layers
 from agq.export.lint import lint_graph
 from agq.export.qonnx import EquivalenceError, export_checkpoint, to_qonnx
 from agq.training import data
-from agq.training.checkpoint import file_sha256, load_deployable, save_checkpoint
+from agq.training.checkpoint import load_deployable, save_checkpoint
 from agq.training.config import config_from_dict
 from agq.training.models import build_model
 from agq.training.objective import init_weight_scales
@@ -27,6 +27,7 @@ from qonnx.util.cleanup import cleanup_model
 
 from agq.cli import main
 from agq.errors import AgqError
+from agq.io import file_sha256
 
 MODEL = {"image_size": 8, "stem_channels": 8, "widths": [8, 16], "depths": [1, 1], "strides": [2, 2]}
 N_IMAGES = 96

@@ -15,10 +15,7 @@ Files are written atomically (temporary file in the same folder, then ``os.repla
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,27 +25,9 @@ from agq.training.config import Config, config_from_dict
 from agq.training.models import QuantCNN, build_model
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes
 
 FORMAT = "agq-checkpoint-v1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -98,12 +77,3 @@ def load_deployable(path: str | Path) -> tuple[Config, QuantCNN, dict[str, Any]]
             f"checkpoint {path} does not fit its model config: {str(exc).splitlines()[0]}"
         ) from None
     return cfg, model.eval(), payload["meta"]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

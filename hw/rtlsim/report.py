@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from agq.training.checkpoint import atomic_write_bytes
+
+from agq.io import atomic_write_bytes
 
 FOLDER = "rtlsim"
 LOGITS = "hardware_logits.npy"
