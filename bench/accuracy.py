@@ -28,9 +28,10 @@ from typing import Any
 
 from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
 
+from agq.config_loader import differences
 from agq.errors import AgqError
 
-BASE_CONFIG = Path("configs/bench/mnist_deep.yaml")
+BASE_CONFIG = Path("bench/mnist_deep")  # a packaged config (agq.configs), found from any folder
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
 # (bit widths included: pre-training runs with every quantizer disabled)
 SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "train.lr_milestones",
@@ -91,22 +92,15 @@ def training_code_hash() -> str:
     return digest.hexdigest()
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
-    return out
-
-
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
     from agq.training.config import config_from_dict
 
     # through today's dataclasses, so that a key added since the pre-training counts with its default
-    a, b = _flat(config_from_dict(pretrained).to_dict()), _flat(cfg)
+    a = config_from_dict(pretrained).to_dict()
     shareable = SHAREABLE
-    if a["ag.enabled"] and a["ag.pretrain"]:  # H was pre-trained too: the row must use that H
+    if a["ag"]["enabled"] and a["ag"]["pretrain"]:  # H was pre-trained too: the row must use that H
         shareable = tuple(k for k in SHAREABLE if k != "ag.")
-    bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(shareable)]
+    bad = sorted(key for key, _, _ in differences(a, cfg, shareable))
     if bad:
         raise AgqError(f"cannot share pre-training: config key {bad[0]} differs")
 

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="smoke run: 1,000 images, 1+2 epochs, 1 seed, results in bench/results/quick")
     parser.add_argument("--from-runs", type=Path, metavar="DIR",
                         help="only tabulate the `agq train` run folders under DIR (e.g. GPU CIFAR-100 runs)")
-    parser.add_argument("--config", type=Path, help="base config of the accuracy rows (default "
-                        "configs/bench/mnist_deep.yaml; e.g. configs/cifar100_resnet18_plain.yaml on a GPU)")
+    parser.add_argument("--config", type=Path, help="base config of the accuracy rows, a file or a packaged "
+                        "name (default bench/mnist_deep; e.g. cifar100_resnet18_plain on a GPU)")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost part")
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per method and round")

@@ -9,12 +9,10 @@ output scale is formed. Checking the graph too proves that the file FINN compile
 from __future__ import annotations
 
 from agq.export.layers import QuantLayer
-from agq.training.config import ModelConfig
+from agq.training.config import FIRST_LAST_WEIGHT_BITS, ModelConfig
 from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
-
-FIRST_LAST_WEIGHT_BITS = 16
 
 
 def expected_bits(layers: list[QuantLayer], cfg: ModelConfig) -> list[int]:

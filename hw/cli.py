@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from agq.hw.boards import DEFAULT_BOARD
-from agq.hw.config import HwConfig
+from agq.hw.config import HwConfig, hw_config_from_dict, load_hw_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"a board FINN knows (default {DEFAULT_BOARD})")
     parser.add_argument("--out", type=Path, default=None,
                         help="build folder (default <model folder>/<board>)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="hardware config YAML (default configs/hw/default.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="hardware config: a YAML file or a packaged name, e.g. max_fps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hardware config value (YAML-typed), e.g. --set target_fps=1000; "
+                        "repeatable")
     parser.add_argument("--input-scale", type=_number, default=None,
                         help="float-input models: raw uint8 pixel x maps to SCALE * x + OFFSET (e.g. 1/255)")
     parser.add_argument("--input-offset", type=_number, default=None,
@@ -50,31 +53,32 @@ def _argv(args: argparse.Namespace) -> list[str]:
                         ("--expected", args.expected)):
         if value is not None:
             argv += [flag, str(value)]
+    for assignment in args.overrides:
+        argv += ["--set", assignment]
     argv += [flag for flag, on in (("--allow-missing-vivado", args.allow_missing_vivado),
                                    ("--no-progress", args.no_progress)) if on]
     return argv
 
 
-def _config(args: argparse.Namespace) -> Path | HwConfig | None:
-    """The config file, with the input mapping options laid over it when given."""
+def _config(args: argparse.Namespace) -> HwConfig:
+    """The config file with the ``--set`` overrides and the input mapping options laid over it."""
+    base = load_hw_config(args.config, args.overrides)
     if args.input_scale is None and args.input_offset is None:
-        return args.config
-    from agq.hw.config import hw_config_from_dict, load_hw_config
-
-    base = load_hw_config(args.config)
+        return base
     scale = base.input_scale if args.input_scale is None else args.input_scale
     offset = base.input_offset if args.input_offset is None else args.input_offset
     return hw_config_from_dict({**base.to_dict(), "input_scale": scale, "input_offset": offset})
 
 
 def run(args: argparse.Namespace) -> int:
+    config = _config(args)  # a bad config stops here, before FINN is imported
     from agq.hw.build import build_accelerator
     from agq.hw.finn_env import restart_with_xilinx_libraries
 
     restart_with_xilinx_libraries(_argv(args))  # XSim's kernel loads in-process: the loader must see it
 
     out = build_accelerator(args.model, board=args.board, out_dir=args.out,
-                            allow_missing_vivado=args.allow_missing_vivado, config=_config(args),
+                            allow_missing_vivado=args.allow_missing_vivado, config=config,
                             progress=not args.no_progress, inputs=args.inputs, expected=args.expected)
     print(f"build folder: {out}")
     return 0

@@ -8,18 +8,25 @@ cache key, so changing one re-runs the build from the start.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from agq.config_loader import (
+    apply_override,
+    from_mapping,
+    packaged_config,
+    read_mapping,
+    resolve_config,
+    with_file,
+)
 from agq.errors import AgqError
 
 # target_fps value that asks for the fastest folding that fits the board
 MAX_FPS = "max"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "hw" / "default.yaml"
+FOLDER = "hw"  # hw configs live in agq.configs/hw/
+DEFAULT_CONFIG = packaged_config("default", FOLDER)
+PATH_KEYS = ("folding_config", "fifo_config")  # file names, read relative to the config file's folder
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,9 @@ class HwConfig:
             raise AgqError(f"hw config max_utilization={self.max_utilization}: must be in (0, 1]")
         if self.fifo_depth < 2:
             raise AgqError(f"hw config fifo_depth={self.fifo_depth}: must be >= 2")
-        for key in ("input_scale", "input_offset"):
-            if not math.isfinite(getattr(self, key)):
-                raise AgqError(f"hw config {key}={getattr(self, key)}: must be a finite number")
         if self.input_offset and not self.input_scale:
             raise AgqError(f"hw config input_offset={self.input_offset}: needs input_scale as well")
-        for key in ("folding_config", "fifo_config"):
+        for key in PATH_KEYS:
             value = getattr(self, key)
             if value and not Path(value).is_file():
                 raise AgqError(f"hw config {key}: file not found: {value}")
@@ -94,42 +98,23 @@ class HwConfig:
         return dataclasses.asdict(self)
 
 
-def hw_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> HwConfig:
-    """Type-check and validate plain data; ``folding_config`` is resolved against ``base_dir``."""
-    fields = {f.name: f for f in dataclasses.fields(HwConfig)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise AgqError(f"hw config: unknown key {key} (known: {', '.join(fields)})")
-        expected = type(fields[key].default)
-        if key == "target_fps":  # a frame rate, or the word "max"
-            expected = str if value == MAX_FPS else int
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            raise AgqError(f"hw config {key}={value!r}: expected {expected.__name__}")
-        values[key] = value
-    for key in ("folding_config", "fifo_config"):
-        if values.get(key) and base_dir is not None:
-            values[key] = str((base_dir / values[key]).resolve())
-    cfg = HwConfig(**values)
-    cfg.validate()
-    return cfg
+def hw_config_from_dict(data: dict[str, Any]) -> HwConfig:
+    """Type-check and validate plain data (file names as given)."""
+    return from_mapping(HwConfig, data, "hw config")
 
 
-def load_hw_config(path: str | Path | None = None) -> HwConfig:
-    """Read a hw YAML config (default: configs/hw/default.yaml; built-in defaults if that is absent)."""
-    if path is None:
-        if not DEFAULT_CONFIG.is_file():
-            return HwConfig()
-        path = DEFAULT_CONFIG
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise AgqError(f"hw config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise AgqError(f"hw config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise AgqError(f"hw config file {path}: top level must be a mapping")
-    return hw_config_from_dict(data, base_dir=path.resolve().parent)
+def _files_relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with its file names (``folding_config``...) read relative to ``folder``."""
+    named = {k: data[k] for k in PATH_KEYS if isinstance(data.get(k), str) and data[k]}
+    return {**data, **{k: str((folder / v).resolve()) for k, v in named.items()}}
+
+
+def load_hw_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> HwConfig:
+    """Read a hw YAML config (a path or a packaged name such as ``max_fps``; default: the packaged
+    ``hw/default``) and apply ``key=value`` overrides. File names in the file are relative to its
+    folder, file names in an override to the current folder."""
+    path = resolve_config(DEFAULT_CONFIG if name_or_path is None else name_or_path, FOLDER)
+    data = _files_relative_to(read_mapping(path), path.resolve().parent)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return with_file(path, lambda: hw_config_from_dict(data))

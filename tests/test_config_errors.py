@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from agq.training import data
+from agq.training.config import ModelConfig, load_config
 
 from agq.cli import main
+from agq.errors import AgqError
 
 CONFIG = "configs/digits_tiny.yaml"
 
@@ -37,9 +41,22 @@ def written(tmp_path) -> list[str]:
     ("model.widths=16", ("model.widths", "expected a list")),
     ("train.epochs=1.5", ("train.epochs", "expected int")),
     ("ag.enabled=maybe", ("ag.enabled", "true/false")),
-    ("model.weight_bits=17", ("model.weight_bits=17", "1..16")),
-    ("model.act_bits=0", ("model.act_bits=0", "1..16")),
-    ("model.first_last_bits=32", ("model.first_last_bits=32",)),
+    ("model.weight_bits=17", ("model.weight_bits=17", "2..16")),
+    ("model.act_bits=0", ("model.act_bits=0", "2..16")),
+    ("model.act_bits=17", ("model.act_bits=17", "2..16")),
+    ("model.act_bits=1", ("model.act_bits=1", "BipolarQuant", "at least 2 bits")),
+    ("model.weight_bits=1", ("model.weight_bits=1", "ternary")),
+    ("model.first_last_bits=32", ("model.first_last_bits=32", "must be 16")),
+    ("model.first_last_bits=8", ("model.first_last_bits=8", "must be 16", "contract")),
+    ("train.lr_milestones=[0.5, .nan]", ("train.lr_milestones[1]=nan", "finite")),
+    ("model.act_max_init=-.inf", ("model.act_max_init=-inf", "finite")),
+    ("baseline.kd_beta=.nan", ("baseline.kd_beta=nan", "finite")),
+    ("name=..", ("name='..'", "plain file name")),
+    ("name=a/b", ("name='a/b'", "plain file name")),
+    ("model.strides=[2, 16]", ("model.strides[1]", "blocks.1.layers.0.conv", "6x6", "stride 16")),
+    ("model.strides=[16, 1]", ("model.strides[0]", "blocks.0.layers.0.conv", "10x10", "stride 16")),
+    ("model.widths=[16,", ("--set model.widths", "not valid YAML")),
+    ("model.widths", ("--set 'model.widths'", "key=value")),
     ("ag.lam=-0.5", ("ag.lam=-0.5", ">= 0")),
     ("ag.lam=.nan", ("ag.lam=nan", "finite")),
     ("train.lr=.inf", ("train.lr=inf", "finite")),
@@ -75,7 +92,74 @@ def test_ag_in_pretraining_needs_pretraining(capsys, tmp_path):
 
 def test_missing_config_file(capsys, tmp_path):
     code = main(["train", "--config", str(tmp_path / "nope.yaml")])
-    assert_one_line_error(code, capsys.readouterr().err, "config file not found")
+    assert_one_line_error(code, capsys.readouterr().err, "config file not found", str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_config_name_lists_the_packaged_ones(capsys):
+    code = main(["train", "--config", "mnist_plain_agg"])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, "not found: mnist_plain_agg", "digits_tiny, mnist_plain_ag")
+
+
+def test_a_packaged_config_by_name_is_the_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # not the repository: the name is found in the package agq.configs
+    by_name = load_config("digits_tiny")
+    assert by_name == load_config(f"{Path(__file__).parent.parent}/{CONFIG}")
+    assert load_config("bench/mnist_deep").name == "mnist_deep"
+
+
+def test_config_that_is_a_folder(capsys, tmp_path):
+    code = main(["train", "--config", str(tmp_path)])
+    assert_one_line_error(code, capsys.readouterr().err, f"config file {tmp_path} is a folder")
+
+
+@pytest.mark.parametrize("content", ["", "\n# only a comment\n"])
+def test_empty_config_file_is_refused(capsys, tmp_path, content):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(content)
+    code = main(["train", "--config", str(empty), "--set", f"train.output_dir={tmp_path / 'runs'}"])
+    assert_one_line_error(code, capsys.readouterr().err, f"config file {empty} is empty")
+    assert written(tmp_path) == []
+
+
+def test_a_value_error_names_the_file(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  act_bits: 1\n")
+    code = main(["train", "--config", str(bad)])
+    assert_one_line_error(code, capsys.readouterr().err, "model.act_bits=1", f"(in {bad})")
+
+
+@pytest.mark.parametrize(("size", "kernel"), [(size, k) for size in (1, 2, 3, 4, 5, 7, 8) for k in (1, 3, 5)])
+def test_the_folding_rule_is_finns(size, kernel):
+    """For every stride, the config refuses exactly the layers on which FINN's RTL sliding-window
+    generator (FMPadding + ConvolutionInputGenerator_rtl, the nodes InferConvInpGen makes) asserts."""
+    from finn.util.settings import initialize_dummy_settings
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+
+    initialize_dummy_settings()
+    padded = size + 2 * (kernel // 2)
+    for stride in range(1, padded + 3):
+        node = helper.make_node(
+            "ConvolutionInputGenerator_rtl", ["x"], ["y"], domain="finn.custom_op.fpgadataflow.rtl",
+            backend="fpgadataflow", ConvKernelDim=[kernel, kernel], IFMChannels=4, IFMDim=[padded, padded],
+            OFMDim=[(padded - kernel) // stride + 1] * 2, SIMD=4, Stride=[stride, stride], Dilation=[1, 1],
+            inputDataType="UINT2", outputDataType="UINT2", name="swg")
+        swg = getCustomOp(node)
+        try:
+            if swg.select_impl_style() == "default":
+                swg.prepare_codegen_default()
+            finn_folds = True
+        except AssertionError:
+            finn_folds = False
+        cfg = ModelConfig(image_size=size, kernel_size=kernel, widths=[4], depths=[1], strides=[stride])
+        try:
+            cfg.validate()
+            agq_accepts = True
+        except AgqError as exc:
+            assert "blocks.0.layers.0.conv" in str(exc) and "model.strides[0]" in str(exc)
+            agq_accepts = False
+        assert agq_accepts == finn_folds, (size, kernel, stride)
 
 
 def test_missing_data_folder(capsys, tmp_path):

@@ -242,7 +242,7 @@ def test_hw_config_is_validated(tmp_path):
     with pytest.raises(AgqError, match="unknown key clock"):
         load_hw_config(bad)
     bad.write_text("target_fps: fast\n")
-    with pytest.raises(AgqError, match="target_fps='fast': expected int"):
+    with pytest.raises(AgqError, match="target_fps='fast': must be >= 1 or \"max\""):
         load_hw_config(bad)
 
 

@@ -1,4 +1,4 @@
-"""``agq train --config configs/NAME.yaml [--set key=value ...] [--resume]``."""
+"""``agq train --config NAME|FILE.yaml [--set key=value ...] [--resume]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="pre-train F in full precision, then fine-tune it quantized",
                             description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/mnist_plain_ag.yaml")
+    parser.add_argument("--config", required=True,
+                        help="YAML config: a file, or the name of a packaged config (e.g. mnist_plain_ag)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML-typed), e.g. --set train.epochs=2; repeatable")
     parser.add_argument("--resume", action="store_true",

@@ -7,16 +7,39 @@ types and out-of-range values raise :class:`agq.errors.AgqError` with the dotted
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from agq.config_loader import from_mapping, load_mapping, resolve_config, with_file
 from agq.errors import AgqError
+
+# The export's contract (export/contract.py): the first conv and the last FC carry 16-bit weights.
+FIRST_LAST_WEIGHT_BITS = 16
+# FINN's RTL MVAU takes at least 2-bit inputs and weights (finn specialize_layers._mvu_rtl_possible);
+# 16 is agq's upper bound (the DSP48E1 datapath takes 17 unsigned activation bits, 25 weight bits).
+LOW_BITS = range(2, 17)
+
+
+def conv_out_size(size: int, kernel: int, stride: int) -> int:
+    """Spatial size after a 'same'-padded conv of the given stride."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of F as FINN's sliding-window generator sees it (padding is a separate layer)."""
+
+    name: str  # the module name in training/models.py
+    key: str  # the config key that sets its stride
+    in_size: int
+    kernel: int
+    stride: int
+
+    @property
+    def padded_size(self) -> int:
+        return self.in_size + 2 * (self.kernel // 2)
 
 
 @dataclass(frozen=True)
@@ -42,24 +65,63 @@ class ModelConfig:
     weight_clamp: Literal["ste", "clamp"] = "ste"
 
     def validate(self) -> None:
-        for key in ("weight_bits", "act_bits", "first_last_bits"):
-            bits = getattr(self, key)
-            if not 1 <= bits <= 16:
-                raise AgqError(f"config model.{key}={bits}: bit widths must be in 1..16")
-        if self.weight_bits == 1:
-            raise AgqError("config model.weight_bits=1: narrow-range 1-bit weights have only the level 0; "
-                           "use 2 (ternary) or more")
-        if not len(self.widths) == len(self.depths) == len(self.strides) >= 1:
-            raise AgqError("config model.widths/depths/strides: need one entry per stage, same lengths")
         for key in ("in_channels", "image_size", "num_classes", "stem_channels", "convs_per_block"):
             if getattr(self, key) < 1:
                 raise AgqError(f"config model.{key}={getattr(self, key)}: must be >= 1")
+        if not len(self.widths) == len(self.depths) == len(self.strides) >= 1:
+            raise AgqError("config model.widths/depths/strides: need one entry per stage, same lengths")
         if any(v < 1 for v in [*self.widths, *self.depths, *self.strides]):
             raise AgqError("config model.widths/depths/strides: every entry must be >= 1")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise AgqError(f"config model.kernel_size={self.kernel_size}: must be odd and >= 1")
-        if self.act_max_init <= 0:
+        if not self.act_max_init > 0:
             raise AgqError(f"config model.act_max_init={self.act_max_init}: must be > 0")
+        self._validate_bits()
+        self._validate_folding()
+
+    def _validate_bits(self) -> None:
+        """Refuse, before training, every bit width that the export or FINN's RTL layers cannot take."""
+        if self.weight_bits == 1:
+            raise AgqError("config model.weight_bits=1: narrow-range 1-bit weights have only the level 0; "
+                           "use 2 (ternary) or more")
+        if self.act_bits == 1:
+            raise AgqError("config model.act_bits=1: 1-bit activations export as BipolarQuant, and FINN's "
+                           "RTL MVAU needs inputs of at least 2 bits; use 2 or more")
+        for key in ("weight_bits", "act_bits"):
+            bits = getattr(self, key)
+            if bits not in LOW_BITS:
+                raise AgqError(f"config model.{key}={bits}: bit widths must be in "
+                               f"{LOW_BITS.start}..{LOW_BITS.stop - 1}")
+        if self.first_last_bits != FIRST_LAST_WEIGHT_BITS:
+            raise AgqError(f"config model.first_last_bits={self.first_last_bits}: must be "
+                           f"{FIRST_LAST_WEIGHT_BITS}, the export's contract for the first conv and last FC")
+
+    def conv_layers(self) -> Iterator[ConvLayer]:
+        """Every convolution of F (and of the residual twin's strided shortcuts) with its input size."""
+        k, size = self.kernel_size, self.image_size
+        yield ConvLayer("stem", "model.image_size", size, k, 1)
+        block = 0
+        for stage, (depth, stride) in enumerate(zip(self.depths, self.strides, strict=True)):
+            for i in range(depth):
+                s = stride if i == 0 else 1
+                key = f"model.strides[{stage}]" if s > 1 else "model.image_size"
+                if self.arch == "residual" and s > 1:
+                    yield ConvLayer(f"blocks.{block}.shortcut", key, size, 1, s)
+                for j in range(self.convs_per_block):
+                    yield ConvLayer(f"blocks.{block}.layers.{j}.conv", key, size, k, s if j == 0 else 1)
+                    size = conv_out_size(size, k, s if j == 0 else 1)
+                block += 1
+
+    def _validate_folding(self) -> None:
+        """Refuse an architecture FINN's sliding-window generator cannot fold: its RTL implementation
+        asserts kernel <= padded input and stride <= padded input ("Illegal conv configuration",
+        finn/custom_op/fpgadataflow/rtl/convolutioninputgenerator_rtl.py select_impl_style)."""
+        for conv in self.conv_layers():
+            if conv.stride > conv.padded_size or conv.kernel > conv.padded_size:
+                raise AgqError(
+                    f"config {conv.key}: layer {conv.name} has a {conv.padded_size}x{conv.padded_size} "
+                    f"(padded) input, smaller than its kernel {conv.kernel} or stride {conv.stride}; FINN's "
+                    "sliding-window generator cannot fold it: use smaller strides or a larger image_size")
 
 
 @dataclass(frozen=True)
@@ -195,8 +257,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise AgqError(f"config name={self.name!r}: must be a non-empty file name")
+        if self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0"):
+            raise AgqError(f"config name={self.name!r}: must be a plain file name (it names runs/<name>)")
         for part in (self.model, self.ag, self.ssp, self.baseline, self.data, self.train):
             part.validate()
         if self.ag.enabled and self.ag.pretrain and self.train.pretrain_epochs == 0:
@@ -216,80 +278,15 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (ints are accepted where floats are expected)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise AgqError(f"config {key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise AgqError(f"config {key}={value!r}: must be one of {list(typing.get_args(tp))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise AgqError(f"config {key}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported annotation for {key}")  # pragma: no cover - programming error
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise AgqError(f"config {key}={value!r}: expected true/false")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise AgqError(f"config {key}={value!r}: must be a finite number")
-    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
-        raise AgqError(f"config {key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise AgqError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
-
-
-def _apply_override(data: dict[str, Any], assignment: str) -> None:
-    if "=" not in assignment:
-        raise AgqError(f"--set {assignment!r}: expected key=value")
-    key, raw = assignment.split("=", 1)
-    node = data
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise AgqError(f"--set {key}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw)
-
-
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain data (YAML, a checkpoint)."""
-    cfg = _build(Config, data)
-    cfg.validate()
-    return cfg
+    return from_mapping(Config, data)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides (YAML-typed), validate."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise AgqError(f"config file not found: {path}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise AgqError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise AgqError(f"config file {path}: top level must be a mapping")
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (a path, or the name of a packaged config such as ``mnist_plain_ag``), apply
+    ``key=value`` overrides (YAML-typed), validate; an error names the file."""
+    path = resolve_config(name_or_path)
+    data = load_mapping(path, overrides)
     data.setdefault("name", path.stem)
-    for assignment in overrides or []:
-        _apply_override(data, assignment)
-    return config_from_dict(data)
+    return with_file(path, lambda: config_from_dict(data))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from agq.training.config import ModelConfig
+from agq.training.config import ModelConfig, conv_out_size
 from agq.training.quant import act_quant, weight_quant
 from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 from torch import nn
@@ -151,11 +151,6 @@ class QuantCNN(nn.Module):
         """Every low-bit layer of F in order (the layerdrop fragments)."""
         for block in self.blocks:
             yield from block.layers
-
-
-def conv_out_size(size: int, kernel: int, stride: int) -> int:
-    """Spatial size after a 'same'-padded conv of the given stride."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
 def build_model(cfg: ModelConfig) -> QuantCNN:

@@ -16,6 +16,7 @@ import torch
 from agq.training.checkpoint import load_checkpoint
 from agq.training.config import Config
 
+from agq.config_loader import differences
 from agq.errors import AgqError
 
 MAY_DIFFER = frozenset({"data.root", "data.num_workers", "train.threads", "train.device", "train.output_dir"})
@@ -37,15 +38,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _differences(saved: Any, current: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        found = []
-        for name in dict.fromkeys([*saved, *current]):
-            found += _differences(saved.get(name), current.get(name), f"{key}.{name}" if key else name)
-        return found
-    return [] if saved == current or key in MAY_DIFFER else [(key, saved, current)]
-
-
 def resume_state(cfg: Config, path: Path) -> dict[str, Any]:
     """The checkpoint to resume from, after checking that it belongs to this config."""
     if not path.is_file():
@@ -53,7 +45,7 @@ def resume_state(cfg: Config, path: Path) -> dict[str, Any]:
     payload = load_checkpoint(path)
     if "trainer" not in payload:
         raise AgqError(f"cannot resume from {path}: it holds no trainer state")
-    diffs = _differences(payload["config"], cfg.to_dict())
+    diffs = differences(payload["config"], cfg.to_dict(), MAY_DIFFER)
     if diffs:
         key, saved, current = diffs[0]
         raise AgqError(f"cannot resume from {path}: it was trained with config {key}={saved!r}, "
