@@ -59,7 +59,7 @@ def verified_file(path: Path, sha256: str, fetch: Callable[[Path], bytes] | None
     """
     if path.is_file():
         data = path.read_bytes()
-        remedy = "delete it to fetch it again" if fetch else "it is not the expected file"
+        remedy = "delete it to fetch it again" if fetch else "not the official file"
         check_sha256(data, sha256, f"data file {path}", remedy)
         return data
     if fetch is None:
