@@ -8,7 +8,6 @@ their sha256 *before* anyone reads them, and caches a download only once it pass
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes
+from agq.io import atomic_write_bytes, bytes_sha256
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Source:
 
 def check_sha256(data: bytes, expected: str, what: str, remedy: str) -> None:
     """Refuse ``data`` (one line naming ``what``) unless its sha256 is ``expected``."""
-    digest = hashlib.sha256(data).hexdigest()
+    digest = bytes_sha256(data)
     if digest != expected:
         raise AgqError(f"{what}: sha256 {digest[:16]}... does not match the expected {expected[:16]}...; "
                        f"{remedy}")
