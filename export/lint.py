@@ -18,8 +18,14 @@ from qonnx.custom_op.registry import getCustomOp
 # What agq's plain networks export to and FINN was seen to map to all-RTL layers on the target.
 VERIFIED_OPS = {"Quant", "Conv", "BatchNormalization", "Relu", "Flatten", "Reshape", "MatMul"}
 
-POOLING = {"MaxPool", "AveragePool"}
-GLOBAL_POOLING = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
+# The one list of the ONNX ops FINN cannot map to RTL (hw/rtl_check.py names them again after the build's
+# conversion): pooling becomes HLS-only Pool/StreamingMaxPool or nothing, global pooling HLS-only
+# GlobalAccPool (the MaxPoolNHWC and QuantAvgPool2d forms are what FINN's own QONNX conversion makes).
+POOLING = {"MaxPool", "AveragePool", "MaxPoolNHWC", "QuantAvgPool2d"}
+GLOBAL_POOLING = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"}
+UNMAPPABLE = POOLING | GLOBAL_POOLING
+POOLING_FIX = ("replace pooling by a strided convolution (model.strides) and end with flatten + a "
+               "fully-connected layer")
 NO_BIAS = "bias=False; BatchNorm carries the offset"
 
 
@@ -42,10 +48,9 @@ def _node_finding(model: ModelWrapper, node: NodeProto, graph_input: str) -> Fin
 
     op = node.op_type
     if op in POOLING:
-        return found("pooling has no RTL mapping in agq's FINN flow", "use a strided conv (model.strides)")
+        return found("pooling has no RTL mapping in agq's FINN flow", POOLING_FIX)
     if op in GLOBAL_POOLING:
-        return found("global pooling becomes GlobalAccPool, which is HLS-only",
-                     "flatten the last feature map into the 16-bit QuantLinear head")
+        return found("global pooling becomes GlobalAccPool, which is HLS-only", POOLING_FIX)
     if op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
         return found("layer has a bias (a float adder in the partition)", NO_BIAS)
     if op == "Add":

@@ -10,6 +10,7 @@ conditions as finn.transformation.fpgadataflow.specialize_layers) and the model 
 from __future__ import annotations
 
 import numpy as np
+from agq.export.lint import POOLING_FIX, UNMAPPABLE
 from agq.hw.transforms import is_hw_node
 from finn.util.basic import get_dsp_block, get_dsp_datapath_limits
 from finn.util.fpgadataflow import is_rtl_node
@@ -19,10 +20,7 @@ from qonnx.custom_op.registry import getCustomOp
 
 from agq.errors import AgqError
 
-POOLING_FIX = "replace pooling by a strided convolution and end with flatten + fully-connected layer"
-POOLING_HW = {"GlobalAccPool", "Pool", "StreamingMaxPool"}
-POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "MaxPoolNHWC", "ReduceMean",
-               "ReduceMax", "ReduceSum", "QuantAvgPool2d"}
+POOLING_HW = {"GlobalAccPool", "Pool", "StreamingMaxPool"}  # FINN's (HLS-only) layers for UNMAPPABLE ops
 # FINN layers with an HLS implementation only (on every part agq targets), by base op type
 HLS_ONLY = {
     "GlobalAccPool": ("global pooling has only an HLS layer in FINN (GlobalAccPool)", POOLING_FIX),
@@ -118,7 +116,7 @@ def unmapped_reason(model: ModelWrapper, node) -> tuple[str, str]:  # noqa: ANN0
     """(reason, fix) for a node FINN could not turn into a hardware layer."""
     dtypes = [model.get_tensor_datatype(i) for i in node.input if model.get_initializer(i) is None]
     pools = [p.name for p in model.find_direct_predecessors(node) or [] if _base_op(p.op_type) in POOLING_HW]
-    if node.op_type in POOLING_OPS:
+    if node.op_type in UNMAPPABLE:
         return (f"pooling ({node.op_type}) has no RTL layer in FINN (only HLS GlobalAccPool/Pool, or none)",
                 POOLING_FIX)
     if pools:

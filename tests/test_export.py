@@ -18,7 +18,7 @@ from agq.training.config import config_from_dict
 from agq.training.models import build_model
 from agq.training.objective import init_weight_scales
 from agq.training.quant import weight_quant
-from brevitas.nn import QuantConv2d
+from brevitas.nn import QuantConv2d, QuantIdentity
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.infer_datatypes import InferDataTypes
@@ -285,3 +285,26 @@ def test_cli_reports_each_differing_image_and_writes_nothing(checkpoint, tmp_pat
     image_lines = [line for line in err if line.startswith("image ")]
     assert len(image_lines) == len(failure.value.report.differences) > 0
     assert err[-1].startswith("agq export: error: exported model differs from PyTorch")
+
+
+def lint_findings(*layers):
+    """(op, first word of the problem) of every lint finding on a small Brevitas net exported as QONNX."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*layers).eval()
+    return sorted((f.op, f.problem.split(" ")[0]) for f in lint_graph(to_qonnx(net, (1, 1, 8, 8))))
+
+
+def conv(bias=False):
+    return QuantConv2d(1, 4, 3, padding=1, bias=bias, weight_quant=weight_quant(2, wide=False))
+
+
+@pytest.mark.parametrize(("layers", "expected"), [
+    (lambda: [conv()], []),
+    (lambda: [conv(), torch.nn.MaxPool2d(2)], [("MaxPool", "pooling")]),
+    (lambda: [conv(), torch.nn.AvgPool2d(2)], [("AveragePool", "pooling")]),
+    (lambda: [conv(), torch.nn.AdaptiveAvgPool2d(1)], [("GlobalAveragePool", "global")]),
+    (lambda: [conv(bias=True)], [("Conv", "layer")]),
+    (lambda: [QuantIdentity(), conv()], [("Quant", "input")]),
+], ids=["plain", "maxpool", "avgpool", "global-pool", "bias", "input-quantizer"])
+def test_lint_flags_pooling_bias_and_input_quantizer(layers, expected):
+    assert lint_findings(*layers()) == expected
