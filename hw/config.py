@@ -115,6 +115,8 @@ def load_hw_config(name_or_path: str | Path | None = None, overrides: list[str] 
     folder, file names in an override to the current folder."""
     path = resolve_config(DEFAULT_CONFIG if name_or_path is None else name_or_path, FOLDER)
     data = _files_relative_to(read_mapping(path), path.resolve().parent)
+    overridden: dict[str, Any] = {}
     for assignment in overrides or []:
-        apply_override(data, assignment)
+        apply_override(overridden, assignment)
+    data |= _files_relative_to(overridden, Path.cwd())
     return with_file(path, lambda: hw_config_from_dict(data))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agq.hw.config import HwConfig, load_hw_config
 from agq.training import data
 from agq.training.config import ModelConfig, load_config
 
@@ -22,10 +23,10 @@ def agq_train(capsys, tmp_path, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+def assert_one_line_error(code: int, err: str, *needles: str, command: str = "train") -> None:
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("agq train: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"agq {command}: error: "), err
     for needle in needles:
         assert needle in lines[0]
 
@@ -225,3 +226,39 @@ def test_resume_without_a_checkpoint(capsys, tmp_path):
     code, err = agq_train(capsys, tmp_path, "--resume")
     assert_one_line_error(code, err, "cannot resume", "last.pt not found")
     assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--set", "clock=5"], ("unknown key clock", "configs/hw/default.yaml")),
+    (["--set", "target_fps=[1,"], ("--set target_fps", "not valid YAML")),
+    (["--set", "target_fps=true"], ("target_fps=True", "expected int or str")),
+    (["--set", "ooc_synth=1"], ("ooc_synth=1", "true/false")),
+    (["--set", "input_scale=.nan"], ("input_scale=nan", "finite")),
+    (["--input-scale", "inf"], ("input_scale=inf", "finite")),
+    (["--set", "clock_ns=-.inf"], ("clock_ns=-inf", "finite")),
+    (["--config", "max_fps", "--set", "fifo_depth=1"], ("fifo_depth=1", ">= 2", "configs/hw/max_fps.yaml")),
+    (["--config", "fastest"], ("config file not found: fastest", "default, max_fps")),
+])
+def test_bad_hw_config_is_one_line_before_the_build(capsys, tmp_path, args, needles):
+    model = tmp_path / "model.onnx"  # never read: the config is checked first
+    code = main(["build", "--model", str(model), "--no-progress", *args])
+    assert_one_line_error(code, capsys.readouterr().err, *needles, command="build")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_hw_config_that_is_a_folder_or_empty(capsys, tmp_path, content):
+    config = tmp_path / "hw.yaml"
+    config.mkdir() if content is None else config.write_text(content)
+    code = main(["build", "--model", str(tmp_path / "model.onnx"), "--config", str(config)])
+    problem = "is a folder" if content is None else "is empty"
+    assert_one_line_error(code, capsys.readouterr().err, f"config file {config} {problem}", command="build")
+
+
+def test_hw_settings_by_packaged_name_and_set(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    folding = tmp_path / "folding.json"
+    folding.write_text("{}")
+    cfg = load_hw_config("max_fps", ["ooc_synth=true", "fifo_depth=8", "folding_config=folding.json"])
+    assert (cfg.ooc_synth, cfg.fifo_depth, cfg.folding_config) == (True, 8, str(folding))
+    assert load_hw_config() == HwConfig()
