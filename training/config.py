@@ -1,7 +1,9 @@
 """Training configuration: YAML -> validated, frozen dataclasses.
 
 Validation happens once, here, so that every later stage can trust the values. Unknown keys, wrong
-types and out-of-range values raise :class:`agq.errors.AgqError` with the dotted key in the message.
+types and out-of-range values raise :class:`agq.errors.AgqError` with the dotted key in the message
+(reading, typing and ``--set`` are agq/config_loader.py's). A model the export or FINN cannot take (a bit
+width, a stride too large for its layer's input) is refused here too, before any training time is spent.
 """
 
 from __future__ import annotations
