@@ -262,3 +262,36 @@ def test_hw_settings_by_packaged_name_and_set(monkeypatch, tmp_path):
     cfg = load_hw_config("max_fps", ["ooc_synth=true", "fifo_depth=8", "folding_config=folding.json"])
     assert (cfg.ooc_synth, cfg.fifo_depth, cfg.folding_config) == (True, 8, str(folding))
     assert load_hw_config() == HwConfig()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"arch": "residual"}, {"kernel_size": 5, "strides": [3, 2]},
+                                       {"arch": "residual", "widths": [8, 8], "strides": [1, 2]}])
+def test_the_config_walks_the_convs_the_model_builds(overrides):
+    """The layers the validation checks are the model's own: names, input channels and sizes, FC inputs."""
+    from agq.training.models import build_model
+    from brevitas.nn import QuantConv2d
+
+    cfg = ModelConfig(**{"image_size": 8, "stem_channels": 4, "widths": [8, 16], "depths": [2, 1],
+                         "strides": [2, 2], **overrides})
+    cfg.validate()
+    net = build_model(cfg).eval()
+    seen = []
+    for name, module in net.named_modules():
+        if isinstance(module, QuantConv2d):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: seen.append((name, args[0].shape[1], args[0].shape[-1])))
+    net(torch.zeros(1, 1, 8, 8))
+    walked = [(conv.name, conv.channels, conv.in_size) for conv in cfg.conv_layers()]
+    assert sorted(walked) == sorted(seen)  # a residual block runs its shortcut after its convs
+    assert net.head.fc.in_features == cfg.head_inputs()
+
+
+def test_an_accumulator_wider_than_the_dsp_is_refused():
+    # by hand: the FC of a 64x64x64 map sums 2^18 products of 16-bit inputs (< 2^16) and 16-bit narrow
+    # weights (|w| < 2^15): up to 2^18 * (2^16 - 1) * (2^15 - 1) < 2^49, a 49-bit magnitude + sign = 50 bits
+    wide = {"image_size": 64, "widths": [64], "depths": [1], "strides": [1], "act_bits": 16,
+            "weight_bits": 16}
+    with pytest.raises(AgqError, match=r"model.first_last_bits=16, model.act_bits=16: layer head.fc sums "
+                                       r"262144 products into up to 50 bits, more than the 48-bit"):
+        ModelConfig(**wide).validate()
+    ModelConfig(**{**wide, "act_bits": 8}).validate()  # 2^18 * 255 * 32767 < 2^42: 43 bits fit

@@ -22,6 +22,18 @@ FIRST_LAST_WEIGHT_BITS = 16
 # FINN's RTL MVAU takes at least 2-bit inputs and weights (finn specialize_layers._mvu_rtl_possible);
 # 16 is agq's upper bound (the DSP48E1 datapath takes 17 unsigned activation bits, 25 weight bits).
 LOW_BITS = range(2, 17)
+# FINN's RTL MVAU accumulates in the DSP's 48-bit P port (finn.util.basic.get_dsp_datapath_limits, DSP48E1
+# and DSP48E2: every board agq knows); a wider accumulator falls back to HLS.
+MAX_ACCUMULATOR_BITS = 48
+IMAGE_BITS = 8  # the raw uint8 image feeds the stem
+
+
+def accumulator_bits(fan_in: int, in_bits: int, weight_bits: int) -> int:
+    """Bits of the signed accumulator that holds any sum of ``fan_in`` products of an unsigned
+    ``in_bits`` input and a narrow-range signed ``weight_bits`` weight: the most that FINN's
+    MinimizeAccumulatorWidth can need for trained weights."""
+    worst = fan_in * (2**in_bits - 1) * (2 ** (weight_bits - 1) - 1)
+    return worst.bit_length() + 1
 
 
 def conv_out_size(size: int, kernel: int, stride: int) -> int:
@@ -38,6 +50,7 @@ class ConvLayer:
     in_size: int
     kernel: int
     stride: int
+    channels: int  # input channels
 
     @property
     def padded_size(self) -> int:
@@ -80,6 +93,7 @@ class ModelConfig:
             raise AgqError(f"config model.act_max_init={self.act_max_init}: must be > 0")
         self._validate_bits()
         self._validate_folding()
+        self._validate_accumulators()
 
     def _validate_bits(self) -> None:
         """Refuse, before training, every bit width that the export or FINN's RTL layers cannot take."""
@@ -100,19 +114,38 @@ class ModelConfig:
 
     def conv_layers(self) -> Iterator[ConvLayer]:
         """Every convolution of F (and of the residual twin's strided shortcuts) with its input size."""
-        k, size = self.kernel_size, self.image_size
-        yield ConvLayer("stem", "model.image_size", size, k, 1)
+        k, size, cin = self.kernel_size, self.image_size, self.stem_channels
+        yield ConvLayer("stem", "model.image_size", size, k, 1, self.in_channels)
         block = 0
-        for stage, (depth, stride) in enumerate(zip(self.depths, self.strides, strict=True)):
+        stages = zip(self.widths, self.depths, self.strides, strict=True)
+        for stage, (width, depth, stride) in enumerate(stages):
             for i in range(depth):
                 s = stride if i == 0 else 1
                 key = f"model.strides[{stage}]" if s > 1 else "model.image_size"
-                if self.arch == "residual" and s > 1:
-                    yield ConvLayer(f"blocks.{block}.shortcut", key, size, 1, s)
+                if self.arch == "residual" and (s > 1 or cin != width):
+                    yield ConvLayer(f"blocks.{block}.shortcut", key, size, 1, s, cin)
                 for j in range(self.convs_per_block):
-                    yield ConvLayer(f"blocks.{block}.layers.{j}.conv", key, size, k, s if j == 0 else 1)
-                    size = conv_out_size(size, k, s if j == 0 else 1)
+                    yield ConvLayer(f"blocks.{block}.layers.{j}.conv", key, size, k, s if j == 0 else 1, cin)
+                    size, cin = conv_out_size(size, k, s if j == 0 else 1), width
                 block += 1
+
+    def head_inputs(self) -> int:
+        """Inputs of the last FC: the flattened last feature map."""
+        *_, last = self.conv_layers()
+        return self.widths[-1] * conv_out_size(last.in_size, last.kernel, last.stride) ** 2
+
+    def _validate_accumulators(self) -> None:
+        """Refuse a layer whose accumulator can outgrow the DSP datapath of FINN's RTL MVAU."""
+        layers = [(c.name, c.channels * c.kernel**2) for c in self.conv_layers()]
+        for name, fan_in in [*layers, ("head.fc", self.head_inputs())]:
+            in_bits = IMAGE_BITS if name == "stem" else self.act_bits
+            key = "first_last_bits" if name in ("stem", "head.fc") else "weight_bits"
+            bits = accumulator_bits(fan_in, in_bits, getattr(self, key))
+            if bits > MAX_ACCUMULATOR_BITS:
+                raise AgqError(
+                    f"config model.{key}={getattr(self, key)}, model.act_bits={self.act_bits}: layer {name} "
+                    f"sums {fan_in} products into up to {bits} bits, more than the "
+                    f"{MAX_ACCUMULATOR_BITS}-bit accumulator of FINN's RTL MVAU; use fewer bits or channels")
 
     def _validate_folding(self) -> None:
         """Refuse an architecture FINN's sliding-window generator cannot fold: its RTL implementation
