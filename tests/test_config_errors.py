@@ -295,3 +295,15 @@ def test_an_accumulator_wider_than_the_dsp_is_refused():
                                        r"262144 products into up to 50 bits, more than the 48-bit"):
         ModelConfig(**wide).validate()
     ModelConfig(**{**wide, "act_bits": 8}).validate()  # 2^18 * 255 * 32767 < 2^42: 43 bits fit
+
+
+def test_config_differences_name_dotted_keys_and_skip_what_may_differ():
+    from agq.config_loader import differences
+
+    old = {"name": "a", "model": {"widths": [16, 16], "bits": 2}, "ag": {"lam": 1.0}, "train": {"lr": 0.1}}
+    new = {"name": "b", "model": {"widths": [16, 8], "bits": 2}, "ag": {"lam": 2.0}, "train": {"lr_x": 1}}
+    assert differences(old, new) == [("name", "a", "b"), ("model.widths", [16, 16], [16, 8]),
+                                     ("ag.lam", 1.0, 2.0), ("train.lr", 0.1, None), ("train.lr_x", None, 1)]
+    # "ag." skips the section, "train.lr" only that key (not train.lr_x)
+    assert differences(old, new, ("name", "ag.", "train.lr")) == [("model.widths", [16, 16], [16, 8]),
+                                                                  ("train.lr_x", None, 1)]
