@@ -51,11 +51,12 @@ def output_errors(path: Path) -> Iterator[None]:
         if exc.errno == errno.EFBIG:
             reason += " (file-size limit, ulimit -f)"
         culprit = Path(exc.filename) if exc.filename else None
-        if culprit is not None and Path(path).is_relative_to(culprit):  # the path or a folder above it
-            if exc.errno in (errno.EEXIST, errno.ENOTDIR) and culprit.exists() and not culprit.is_dir():
-                reason = f"{culprit} is a file, not a folder"
-            elif culprit != Path(path):
-                reason = f"{culprit}: {reason}"
+        blocker = next((p for p in [*reversed(Path(path).parents), Path(path)]
+                        if p.exists() and not p.is_dir()), None)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR) and blocker is not None:
+            reason = f"{blocker} is a file, not a folder"
+        elif culprit is not None and culprit != Path(path) and Path(path).is_relative_to(culprit):
+            reason = f"{culprit}: {reason}"  # a folder above it
         raise OutputError(f"cannot write {path}: {reason}") from None
 
 
@@ -65,11 +66,30 @@ def prepare_dir(folder: Path) -> Path:
     folder = Path(folder)
     with output_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+        _probe(folder)
     finish_commit(folder)
     clean_stale_temps(folder)
     return folder
+
+
+def check_writable(folder: Path) -> None:
+    """One :class:`OutputError` now, before any work, if ``folder`` cannot be created or written to;
+    creates nothing (a stage that then fails leaves no empty folder behind)."""
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    with output_errors(folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        _probe(existing)
+
+
+def _probe(folder: Path) -> None:
+    """Create and drop a nameless file in ``folder``: the OSError a real write would get (access() is
+    no use for root, nor does it tell a read-only file system from a missing permission)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(folder)) from None
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -27,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Brevitas warns at import about an optional CUDA kernel package that CPU export never uses.
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+    from agq.export.model_card import MODEL_CARD, read_card
     from agq.export.qonnx import EquivalenceError, export_checkpoint
 
     start = time.perf_counter()
@@ -37,9 +37,8 @@ def run(args: argparse.Namespace) -> int:
         for line in [*exc.report.weight_mismatches, *map(str, exc.report.differences)]:
             print(line, file=sys.stderr)
         raise
-    card = json.loads((onnx_path.parent / "model.json").read_text())
-    eq = card["equivalence"]
-    print(f"wrote {onnx_path} and model.json in {time.perf_counter() - start:.1f} s; "
+    eq = read_card(onnx_path).equivalence
+    print(f"wrote {onnx_path} and {MODEL_CARD} in {time.perf_counter() - start:.1f} s; "
           f"equality on {eq['images']} test images: {eq['top1_equal']} top-1 equal, "
           f"{eq['int_logits_equal']} integer logits equal, "
           f"{eq['rounded_logits_equal']} round(logits / scale) equal, {eq['ties']} float ties")

@@ -4,12 +4,13 @@ Brevitas' TorchScript QONNX exporter is used, not the dynamo default: it returns
 ModelProto (dynamo writes the weights to a separate ``.onnx.data``) and is byte-reproducible for the same
 weights. qonnx's cleanup, shape and datatype inference follow, and the input is annotated UINT8 (the raw
 image: FINN then needs no input quantizer). Nothing is written unless the 16-bit contract, the
-deployability lint and the equality check on real test images all pass.
+deployability lint and the equality check on real test images all pass; then model.onnx and model.json
+are committed together (agq.io.commit_files: a crash leaves the old pair or the new pair), the card
+recording the model's sha256 and the checkpoint's, which every reader checks.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ from agq.export.contract import contract_violations, graph_contract_violations
 from agq.export.equivalence import EquivalenceReport, check_equivalence
 from agq.export.layers import output_scale, pair_layers, trace_quant_layers
 from agq.export.lint import lint_graph
-from agq.export.model_card import card_bytes, model_card
+from agq.export.model_card import MODEL_CARD, MODEL_ONNX, model_card
 from agq.training.checkpoint import load_deployable
-from agq.training.data import class_names, test_images
+from agq.training.data import test_images
 from brevitas.export import export_qonnx
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
@@ -28,7 +29,7 @@ from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.cleanup import cleanup_model
 
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes, file_sha256
+from agq.io import bytes_sha256, check_writable, commit_files, file_sha256
 
 
 class EquivalenceError(AgqError):
@@ -61,7 +62,9 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256, prog
     if n_images < 1:
         raise AgqError(f"--images {n_images}: the equality check needs at least one test image")
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    check_writable(out_dir)  # a folder we cannot write is one line now, not after the equality check
     cfg, model, meta = load_deployable(checkpoint)
+    checkpoint_sha256 = file_sha256(checkpoint)
     shape = (1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     layers = trace_quant_layers(model, shape)
     qmodel = to_qonnx(model, shape)
@@ -75,12 +78,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, n_images: int = 256, prog
     if not report.ok:
         raise EquivalenceError(report)
     onnx_bytes = qmodel.model.SerializeToString()
-    card = model_card(
-        cfg, meta, checkpoint, file_sha256(checkpoint), hashlib.sha256(onnx_bytes).hexdigest(), pairs,
-        qmodel.graph.input[0].name, qmodel.graph.output[0].name, scale,
-        meta.get("classes") or class_names(cfg.data), report,
-    )
-    onnx_path = out_dir / "model.onnx"
-    atomic_write_bytes(onnx_path, onnx_bytes)
-    atomic_write_bytes(out_dir / "model.json", card_bytes(card))
-    return onnx_path
+    card = model_card(cfg, meta, checkpoint, checkpoint_sha256, bytes_sha256(onnx_bytes), pairs,
+                      qmodel.graph.input[0].name, qmodel.graph.output[0].name, scale, report)
+    commit_files(out_dir, {MODEL_ONNX: onnx_bytes, MODEL_CARD: card.to_bytes()})
+    return out_dir / MODEL_ONNX

@@ -6,6 +6,11 @@ folding_config.json beside it, build.log, intermediate_models/, FINN's report/, 
 parent.onnx (the stitchable RTL partition and its host graph) and finn_tmp/ (FINN's generated HDL).
 With Vivado and FINN's dependencies present FINN's Vivado steps follow (FIFO sizing, stitched IP,
 bitfile, driver settings, deployment package under the same folder).
+
+The build folder is locked for the build (agq.locks): a second build on the same folder stops at once
+naming the first. report.json records the sha256 of the partition and its parent graph, which
+``agq rtlsim`` checks (hw.report.BuildReport). A model with an agq model card beside it must be the file
+the card describes (sha256), otherwise the build stops naming the stale file.
 """
 
 from __future__ import annotations
@@ -13,23 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
 import onnx
+from agq.export.model_card import MODEL_CARD, card_for
 from agq.hw import finn_env, prune, vivado
-from agq.hw import report as report_md
+from agq.hw import report as build_report
 from agq.hw.boards import DEFAULT_BOARD, Board, resolve_board
 from agq.hw.config import MAX_FPS, HwConfig, load_hw_config
+from agq.hw.report import BUILD_LOG, BuildReport
 
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes, file_sha256
-
-MODEL_CARD = "model.json"
+from agq.io import file_sha256
+from agq.locks import folder_lock
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
-REPORT = "report.json"
-LOG = "build.log"
 
 
 def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -85,12 +90,9 @@ def base_key(proto: onnx.ModelProto, hw_cfg: HwConfig, board: Board, build_dir: 
 
 
 def is_agq_export(model: Path) -> bool:
-    """True if ``model`` is the file `agq export` wrote: its model.json beside it names its sha256."""
-    card = model.parent / MODEL_CARD
-    try:
-        return json.loads(card.read_text())["model"]["sha256"] == file_sha256(model)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return False
+    """True if ``model`` is the file `agq export` wrote (its model card beside it names it); a model
+    the card names but whose sha256 differs from the card's is one AgqError naming the stale file."""
+    return card_for(model) is not None
 
 
 def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool = True) -> object:
@@ -132,17 +134,13 @@ def finn_config(hw_cfg: HwConfig, board: Board, build_dir: Path, all_rtl: bool =
     )
 
 
-def _write_report(build_dir: Path, data: dict) -> None:
-    atomic_write_bytes(build_dir / REPORT, json.dumps(data, indent=2).encode())
-
-
 def _paths(build_dir: Path) -> dict[str, str]:
     from agq.hw.steps import PARENT, PARTITION_HDL
 
     return {
         "partition_hdl": str(build_dir / PARTITION_HDL),
         "parent": str(build_dir / PARENT),
-        "build_log": str(build_dir / LOG),
+        "build_log": str(build_dir / BUILD_LOG),
         "intermediate_models": str(build_dir / "intermediate_models"),
         "finn_reports": str(build_dir / "report"),
         "hdl": str(build_dir / finn_env.FINN_TMP),
@@ -224,6 +222,16 @@ def build_accelerator(
     target = resolve_board(board)
     hw_cfg = config if isinstance(config, HwConfig) else load_hw_config(config)
     proto = load_qonnx(model)
+    build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
+    with folder_lock(build_dir, "--out"):
+        return _build(model, proto, target, hw_cfg, build_dir, config, allow_missing_vivado, progress,
+                      all_rtl, inputs, expected)
+
+
+def _build(model: Path, proto: onnx.ModelProto, target: Board, hw_cfg: HwConfig, build_dir: Path,
+           config: Path | HwConfig | None, allow_missing_vivado: bool, progress: bool, all_rtl: bool | None,
+           inputs: Path | None, expected: Path | None) -> Path:
+    """:func:`build_accelerator` inside the locked build folder."""
     from agq.hw import verification
     from agq.hw.foreign import prepare_input
     from qonnx.core.modelwrapper import ModelWrapper
@@ -232,8 +240,6 @@ def build_accelerator(
     agq_export = is_agq_export(model)
     x, y, verify_source = verification.verification_pair(
         wrapper, model.parent / MODEL_CARD if agq_export else None, inputs, expected)
-    build_dir = (Path(out_dir) if out_dir is not None else model.parent / target.name).resolve()
-    build_dir.mkdir(parents=True, exist_ok=True)
     finn_env.use_build_dir(build_dir)
     missing = vivado.missing(target, hw_cfg)
     finn_steps = finn_env.finn_steps()
@@ -247,40 +253,41 @@ def build_accelerator(
         build_steps += vivado.vivado_steps(finn_steps, target, hw_cfg)
     required = [build_dir / steps.PARTITION_HDL, build_dir / steps.PARENT,
                 build_dir / "report" / steps.CERTIFICATE, build_dir / "report" / steps.ESTIMATES]
-    report = {
-        "status": "failed",
-        "model": str(model.resolve()),
-        "model_sha256": file_sha256(model),
-        "agq_export": agq_export,
-        "board": target.to_dict(),
-        "config": hw_cfg.to_dict(),
-        "finn_version": version("finn-plus"),
-        "vivado": {"missing": missing, "env": {} if missing else finn_env.prepare_vivado_env()},
-        "paths": _paths(build_dir),
-    }
+    report = BuildReport(
+        status="failed",
+        model=str(model.resolve()),
+        model_sha256=file_sha256(model),
+        agq_export=agq_export,
+        board=target.to_dict(),
+        config=hw_cfg.to_dict(),
+        finn_version=version("finn-plus"),
+        vivado={"missing": missing, "env": {} if missing else finn_env.prepare_vivado_env()},
+        paths=_paths(build_dir),
+    )
     verification.write_pair(build_dir, x, y)
     start = time.perf_counter()
-    with (build_dir / LOG).open("a") as log:
+    with (build_dir / BUILD_LOG).open("a") as log:
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
         key = base_key(proto, hw_cfg, target, build_dir, all_rtl, x.tobytes() + y.tobytes())
         runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
             runner.run(build_steps, wrapper, required)
         except AgqError as exc:
-            _write_report(build_dir, {**report, "error": str(exc), "steps": runner.records})
+            build_report.write(build_dir, replace(report, error=str(exc), steps=runner.records))
             raise
     _prune(build_dir, runner.records)
-    _write_report(build_dir, done := {
-        **report,
-        "status": "no_vivado" if missing else "complete",
-        "build_seconds": round(time.perf_counter() - start, 2),
-        "steps": runner.records,
+    done = replace(
+        report,
+        status="no_vivado" if missing else "complete",
+        build_seconds=round(time.perf_counter() - start, 2),
+        steps=runner.records,
+        outputs={name: file_sha256(build_dir / name) for name in (steps.PARTITION_HDL, steps.PARENT)},
         **_results(build_dir, target.part),
-        "finn_verification": {"data": verify_source, "steps": verification.results(build_dir)},
-    })
-    report_md.write(build_dir, done)
-    _say_hls(done["partition"], build_dir)
-    failed = {step: r["failed"] for step, r in done["finn_verification"]["steps"].items() if r["failed"]}
+        finn_verification={"data": verify_source, "steps": verification.results(build_dir)},
+    )
+    build_report.write(build_dir, done)
+    _say_hls(done.partition, build_dir)
+    failed = {step: r["failed"] for step, r in done.finn_verification["steps"].items() if r["failed"]}
     if failed:
         print(f"FINN's verification failed on some images (step: images): {failed}; see "
               f"{build_dir / 'verification_output'}")

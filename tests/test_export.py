@@ -112,7 +112,7 @@ def test_export_writes_qonnx_and_card(checkpoint, exported):
     assert card["output"]["scale"] == pytest.approx(expected_scale, rel=1e-12)
     assert card["classes"] == [str(i) for i in range(10)]
     assert card["dataset"] == "digits"
-    assert card["trained"]["metrics"]["test_top1"] == meta["metrics"]["test_top1"]
+    assert card["trained"]["metrics"]["test_top1"] == meta.metrics["test_top1"]
     assert card["checkpoint"]["sha256"] == file_sha256(checkpoint)
     assert card["model"] == {"path": "model.onnx", "sha256": file_sha256(exported)}
     assert set(card["versions"]) == {"agq", "torch", "brevitas", "qonnx", "onnx"}

@@ -13,8 +13,15 @@ milestones 25/35 and 30/35 scaled to the epoch count. Building the objective ini
 initialised weight scales from the pre-trained weights (training.objective.init_weight_scales), so every
 DDP process starts fine-tuning from the same scales whatever SSP draws first.
 
-After every epoch: test (and validation) accuracy of F (of H too with AG), one row in the metrics files,
-and ``last.pt`` with the whole trainer state. At the end ``checkpoint.pt`` holds the deployable F.
+After every epoch: test (and validation) accuracy of F (of H too with AG), ``last.pt`` with the whole
+trainer state, then one row in the metrics files. At the end ``checkpoint.pt`` holds the deployable F.
+
+The run folder (``train.output_dir``/``name``; the name must be a plain folder name, so nothing is
+written outside ``train.output_dir``) is locked for the run (agq.locks): a second ``agq train`` on it
+stops at once naming the first. A fresh run in a folder that holds an earlier run keeps that run's
+``checkpoint.pt``, ``last.pt`` and metrics untouched until its own first epoch has written its own
+``last.pt``; only then is the old ``checkpoint.pt`` deleted. A fresh run that fails before that (a
+diverging loss, a full disk) leaves the earlier run as it was.
 Resuming restores weights, optimizer, scheduler, the objective's state (SSP's generator) and the global
 RNGs; the data order depends on (seed, epoch, rank) only (training/batches.py), so the resumed run is
 bit-identical to an uninterrupted one on CPU.
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from agq.training.batches import TrainBatches
-from agq.training.checkpoint import save_checkpoint
+from agq.training.checkpoint import CHECKPOINT, LAST, CheckpointMeta, save_checkpoint
 from agq.training.config import Config, ModelConfig, TrainConfig
 from agq.training.data import Splits, load_splits
 from agq.training.distributed import Cluster, cluster
@@ -47,6 +54,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agq.errors import AgqError
+from agq.locks import folder_lock
 
 EVAL_BATCH = 500
 LAZY_SCALE = "weight_quant.tensor_quant.scaling_impl.value"
@@ -55,8 +63,23 @@ Step = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     """Train ``cfg`` (or continue its interrupted run) and return the path of the final checkpoint."""
-    with cluster(cfg.train.device) as node, _reproducible(cfg.train, node.device):
+    run_folder(cfg)
+    with cluster(cfg.train.device) as node, _reproducible(cfg.train, node.device), \
+            folder_lock(cfg.run_dir, "config name") if node.main else nullcontext():
         return _Run(cfg, node, progress).execute(resume)
+
+
+def run_folder(cfg: Config) -> Path:
+    """``cfg.run_dir``, refused with the key named if it would not be a folder inside
+    ``train.output_dir`` (a name of ``..``, ``.`` or with a separator; ``..`` in the output folder)."""
+    name = Path(cfg.name)
+    if name.name != cfg.name or cfg.name in ("", ".", "..") or "\\" in cfg.name:
+        raise AgqError(f"config name={cfg.name!r}: must be a plain folder name, the run folder inside "
+                       f"train.output_dir ({cfg.train.output_dir})")
+    if ".." in Path(cfg.train.output_dir).parts:
+        raise AgqError(f"config train.output_dir={cfg.train.output_dir!r}: '..' would put runs outside the "
+                       "folder it names; give the folder without '..' (an absolute path if need be)")
+    return cfg.run_dir
 
 
 def finetune_milestones(epochs: int, fractions: list[float]) -> list[int]:
@@ -134,15 +157,16 @@ class _Run:
                                     cfg.data.augment, cfg.train.seed, node)
         self.model: QuantCNN = build_model(cfg.model).to(node.device)
         self.log = MetricsLog(cfg.run_dir)
-        self.last = cfg.run_dir / "last.pt"
+        self.last = cfg.run_dir / LAST
+        self.stale_final: Path | None = None  # an earlier run's checkpoint.pt, deleted after our first epoch
         self.pretrained_ag: dict[str, Any] | None = None  # H's state after pre-training with ag.pretrain
 
     def execute(self, resume: bool) -> Path:
         if not self.cfg.train.epochs and not self.cfg.train.pretrain_epochs:
             raise AgqError("config train.epochs and train.pretrain_epochs are both 0: nothing to train")
         state = resume_state(self.cfg, self.last) if resume else None
-        if state is None and self.node.main:  # a fresh run: no final checkpoint of an older run may survive
-            (self.cfg.run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        if state is None:  # a fresh run: an earlier run's final checkpoint goes once we have our own
+            self.stale_final = self.cfg.run_dir / CHECKPOINT
         if state is not None:
             self.log.rows = state["trainer"]["history"]
         if state is None or state["trainer"]["phase"] == "pretrain":
@@ -262,28 +286,31 @@ class _Run:
 
     # --- state ----------------------------------------------------------------------------------------
 
-    def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _meta(self, row: dict[str, Any]) -> CheckpointMeta:
         """Checkpoint meta; F's metrics lose the F (``test_F_top1`` -> ``test_top1``), H's keep theirs."""
         metrics = {k.replace("_F_", "_"): v for k, v in row.items() if k.startswith(("test_", "val_"))}
-        return {"dataset": self.cfg.data.dataset, "classes": self.splits.classes,
-                "epoch": row["global_epoch"], "phase": row["phase"], "metrics": metrics}
+        return CheckpointMeta(dataset=self.cfg.data.dataset, classes=list(self.splits.classes),
+                              epoch=row["global_epoch"], phase=row["phase"], metrics=metrics)
 
     def _end_epoch(self, row: dict[str, Any], module: nn.Module, model_state: dict[str, Any],
                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         if not self.node.main:
             return
-        self.log.append(row)
         trainer = {"phase": row["phase"], "epoch": row["epoch"], "module": module.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "rng": rng_state(), "history": self.log.rows}
+                   "rng": rng_state(), "history": [*self.log.rows, row]}
         save_checkpoint(self.last, {"config": self.cfg.to_dict(), "model": model_state,
                                     "meta": self._meta(row), "trainer": trainer})
+        if self.stale_final is not None:  # our own last.pt exists: the earlier run is replaced now
+            self.stale_final.unlink(missing_ok=True)
+            self.stale_final = None
+        self.log.append(row)
         if self.progress:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
             tqdm.write(" ".join(f"{k}={v}" for k, v in shown.items()))
 
     def _save_final(self, objective: nn.Module | None) -> Path:
-        path = self.cfg.run_dir / "checkpoint.pt"
+        path = self.cfg.run_dir / CHECKPOINT
         if objective is None:  # pre-training only: give F the weight scales a fine-tuned F would have
             from agq.training.objective import init_weight_scales
 
