@@ -31,7 +31,7 @@ from agq.hw.config import MAX_FPS, HwConfig, load_hw_config
 from agq.hw.report import BUILD_LOG, BuildReport
 
 from agq.errors import AgqError
-from agq.io import file_sha256
+from agq.io import file_sha256, output_errors
 from agq.locks import folder_lock
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
@@ -266,8 +266,10 @@ def _build(model: Path, proto: onnx.ModelProto, target: Board, hw_cfg: HwConfig,
     )
     verification.write_pair(build_dir, x, y)
     start = time.perf_counter()
-    with (build_dir / BUILD_LOG).open("a") as log:
+    with output_errors(build_dir / BUILD_LOG):
+        log = (build_dir / BUILD_LOG).open("a")
         print(f"##### agq build {model} --board {target.name} at {time.ctime()}", file=log, flush=True)
+    with log:
         key = base_key(proto, hw_cfg, target, build_dir, all_rtl, x.tobytes() + y.tobytes())
         runner = StepRunner(build_dir, cfg, key, log, progress)
         try:
