@@ -153,10 +153,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def json_bytes(data: Any, indent: int = 2) -> bytes:
     """The one JSON layout agq writes: indented, newline at the end."""
     return (json.dumps(data, indent=indent) + "\n").encode()
@@ -202,8 +198,9 @@ def commit_files(folder: Path, files: Mapping[str, bytes]) -> None:
         journal = {name: {"temp": temps[name].name, "sha256": bytes_sha256(files[name])} for name in files}
         write_json(folder / JOURNAL, {"files": journal})
     except BaseException:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        if not (folder / JOURNAL).exists():  # interrupted before the commit record: back to the old set
+            for tmp in temps.values():
+                tmp.unlink(missing_ok=True)
         raise
     finish_commit(folder)
 
