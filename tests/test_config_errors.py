@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,26 @@ def test_resume_of_a_finished_run_rewrites_the_same_checkpoint(capsys, pretraine
     assert after["meta"] == before["meta"]
     assert after["model"].keys() == before["model"].keys()
     assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+
+
+def test_resume_of_a_checkpoint_older_than_a_config_key(capsys, pretrained_run, tmp_path):
+    """A key added since the checkpoint was written takes its default instead of blocking the resume."""
+    from agq.training.checkpoint import load_checkpoint, save_checkpoint
+
+    run_root, args = pretrained_run
+    old = tmp_path / "runs"
+    shutil.copytree(run_root / "runs", old)
+    last = old / "digits_tiny" / "last.pt"
+    payload = load_checkpoint(last)
+    del payload["config"]["data"]["grayscale"]
+    save_checkpoint(last, payload)
+    moved = [a.replace(str(run_root / "runs"), str(old)) for a in args]
+    assert main([*moved, "--resume"]) == 0
+    payload = load_checkpoint(last)
+    payload["config"]["model"]["widths"] = [16, 8]
+    save_checkpoint(last, payload)
+    code = main([*moved, "--resume"])
+    assert_one_line_error(code, capsys.readouterr().err, "cannot resume", "model.widths=[16, 8]")
 
 
 def test_resume_from_a_corrupt_checkpoint(capsys, tmp_path):

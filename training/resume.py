@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from agq.training.checkpoint import load_checkpoint
-from agq.training.config import Config
+from agq.training.config import Config, config_from_dict
 
 from agq.config_loader import differences
 from agq.errors import AgqError
 
-MAY_DIFFER = frozenset({"data.root", "data.num_workers", "train.threads", "train.device", "train.output_dir"})
+MAY_DIFFER = frozenset({"data.root", "data.archive", "data.num_workers", "train.threads", "train.device", "train.output_dir"})
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,7 +45,13 @@ def resume_state(cfg: Config, path: Path) -> dict[str, Any]:
     payload = load_checkpoint(path)
     if "trainer" not in payload:
         raise AgqError(f"cannot resume from {path}: it holds no trainer state")
-    diffs = differences(payload["config"], cfg.to_dict(), MAY_DIFFER)
+    # Through the dataclasses, so that keys added since the checkpoint was written take their defaults
+    # (which keep the old behaviour) instead of counting as differences.
+    try:
+        saved = config_from_dict(payload["config"]).to_dict()
+    except AgqError as err:
+        raise AgqError(f"cannot resume from {path}: its config is no longer valid: {err}") from None
+    diffs = differences(saved, cfg.to_dict(), MAY_DIFFER)
     if diffs:
         key, saved, current = diffs[0]
         raise AgqError(f"cannot resume from {path}: it was trained with config {key}={saved!r}, "
