@@ -19,7 +19,8 @@ from agq.training.config import Config, config_from_dict
 from agq.config_loader import differences
 from agq.errors import AgqError
 
-MAY_DIFFER = frozenset({"data.root", "data.archive", "data.num_workers", "train.threads", "train.device", "train.output_dir"})
+MAY_DIFFER = frozenset({"data.root", "data.archive", "data.num_workers", "train.threads", "train.device",
+                        "train.output_dir"})
 
 
 def rng_state() -> dict[str, Any]:
