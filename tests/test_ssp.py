@@ -140,3 +140,47 @@ def test_module_apply_still_reaches_every_submodule():
     visited = []
     objective.apply(visited.append)
     assert objective.ssp in visited and objective.model in visited
+
+
+def test_bn_recalibration_estimates_quantized_statistics_on_a_copy():
+    """The copy's BN statistics are those of fully quantized F over the first ``steps`` batches (checked at
+    the first BN, whose input does not depend on BN state); the trained objective is untouched."""
+    from agq.training.bn_recalibration import recalibrated
+
+    cfg = tiny_config(ssp={"enabled": True, "delta_start": 1.0})
+    objective = build_objective(build_model(cfg.model), cfg).eval()
+    batches = [batch(seed=s) for s in range(3)]
+    before = {k: v.clone() for k, v in objective.state_dict().items() if torch.is_tensor(v)}
+    norms = [m for m in objective.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs = []
+    hook = norms[0].register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+    for x, _ in batches[:2]:
+        objective.evaluate(x)
+    hook.remove()
+
+    clone = recalibrated(objective, iter(batches), steps=2)
+
+    first = [m for m in clone.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert not first.training and not clone.training
+    mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in inputs]).mean(0)
+    var = torch.stack([t.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for t in inputs]).mean(0)
+    torch.testing.assert_close(first.running_mean, mean)
+    torch.testing.assert_close(first.running_var, var)
+    assert not torch.allclose(first.running_mean, norms[0].running_mean)
+    after = objective.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_training_evaluates_mixed_precision_epochs_with_recalibrated_bn(tmp_path):
+    """The epochs trained with delta > 0 are evaluated on a recalibrated copy; those after are not."""
+    import json
+
+    from agq.cli import main
+
+    out = tmp_path / "runs"
+    args = ["train", "--config", "digits_tiny", "--no-progress", "--set", f"train.output_dir={out}",
+            "--set", "train.pretrain_epochs=0", "--set", "train.epochs=3", "--set", "data.limit_train=256",
+            "--set", "ssp.enabled=true", "--set", "ssp.decay_epochs=2"]
+    assert main(args) == 0
+    rows = json.loads((out / "digits_tiny" / "metrics.json").read_text())
+    assert [r["bn_recalibrated"] for r in rows if r["phase"] == "finetune"] == [True, True, False]
