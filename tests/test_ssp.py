@@ -160,7 +160,7 @@ def test_bn_recalibration_estimates_quantized_statistics_on_a_copy():
 
     clone = recalibrated(objective, iter(batches), steps=2)
 
-    first = [m for m in clone.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    first = next(m for m in clone.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not first.training and not clone.training
     mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in inputs]).mean(0)
     var = torch.stack([t.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for t in inputs]).mean(0)

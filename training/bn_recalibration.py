@@ -16,9 +16,8 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from torch import nn
-
 from agq.training.objective import TrainingObjective
+from torch import nn
 
 CALIBRATION_BATCHES = 32  # 4,096 images at batch 128: enough for per-channel means of a few hundred channels
 
