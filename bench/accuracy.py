@@ -146,6 +146,7 @@ class Runner:
 
     def run(self, job: Job) -> dict[str, Any]:
         from agq.training.checkpoint import load_checkpoint, save_checkpoint
+        from agq.training.config import config_from_dict
         from agq.training.loop import train
 
         from agq.io import write_json
@@ -160,7 +161,9 @@ class Runner:
             while not self.done(pre):  # another worker is pre-training it
                 time.sleep(5)
             last = cfg.run_dir / "last.pt"
-            own = last.is_file() and load_checkpoint(last)["config"] == cfg.to_dict()
+            # through today's dataclasses: a key added since the last.pt was written takes its default
+            saved = load_checkpoint(last)["config"] if last.is_file() else None
+            own = saved is not None and config_from_dict(saved).to_dict() == cfg.to_dict()
             if not own:  # start from the shared pre-training (see the module docstring)
                 payload = load_checkpoint(self.config(pre).run_dir / "last.pt")
                 _check_shareable(payload["config"], cfg.to_dict())
