@@ -106,11 +106,11 @@ def fused_equality(batch: int, steps: int = 5) -> dict[str, Any]:
 
 def run_cost(batch: int, steps: int, rounds: int, out: Path) -> dict[str, Any]:
     """Measure every method in ``rounds`` interleaved rounds of fresh processes; write ``out`` (JSON)."""
-    from tqdm import tqdm
+    from agq.progress import bar
 
     samples: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    for _ in tqdm(range(rounds), desc="cost rounds", unit="round"):
+    for _ in bar(range(rounds), desc="cost rounds", unit="round"):
         for method in METHODS:
             result = subprocess.run([sys.executable, "-m", "agq.bench.cost", method, str(batch), str(steps)],
                                     env=env, check=True, capture_output=True, text=True)

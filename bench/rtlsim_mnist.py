@@ -1,6 +1,6 @@
 """Benchmark: the whole MNIST test set (10,000 images) through the RTL simulation of the default model.
 
-    .venv/bin/python -m agq.bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs 2]
+    .venv/bin/python -m agq.bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs N]
 
 Needs ``make train export build`` (the default config). Every image must be bit-exact against FINN's
 Python execution and PyTorch (``hw.rtlsim.run.simulate``); the simulated cycles per image, the frames/s
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", type=Path, default=DEFAULT_BUILD,
                         help=f"build folder (default {DEFAULT_BUILD})")
     parser.add_argument("--images", type=int, default=10_000, help="test images (default: all 10,000)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel simulator processes (default 2)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel simulator processes (default: one per CPU)")
     parser.add_argument("--out", type=Path, default=RESULT, help=f"result file (default {RESULT})")
     args = parser.parse_args(argv)
 

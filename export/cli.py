@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Brevitas warns at import about an optional CUDA kernel package that CPU export never uses.
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+    from agq.export.equivalence import first_lines
     from agq.export.model_card import MODEL_CARD, read_card
     from agq.export.qonnx import EquivalenceError, export_checkpoint
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         onnx_path = export_checkpoint(args.checkpoint, args.out, n_images=args.images,
                                       progress=not args.no_progress)
     except EquivalenceError as exc:
-        for line in [*exc.report.weight_mismatches, *map(str, exc.report.differences)]:
+        for line in first_lines(exc.report.problems(), "not shown: nothing was written"):
             print(line, file=sys.stderr)
         raise
     eq = read_card(onnx_path).equivalence
@@ -42,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
           f"equality on {eq['images']} test images: {eq['top1_equal']} top-1 equal, "
           f"{eq['int_logits_equal']} integer logits equal, "
           f"{eq['rounded_logits_equal']} round(logits / scale) equal, {eq['ties']} float ties")
-    for difference in eq["differences"]:
-        print(f"  {difference}")
+    for line in first_lines(eq["differences"], f"all in {onnx_path.parent / 'model.json'}"):
+        print(f"  {line}")
     return 0

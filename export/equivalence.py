@@ -14,27 +14,38 @@ a weight altered in the file is named even where no image exposes it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-from agq.export.layers import QuantLayer, output_scale, pair_layers, trace_quant_layers
+from agq.export.layers import QuantLayer, pair_layers
+from agq.export.reference import (
+    TIE_TOLERANCE_STEPS,
+    capture,
+    exact_logits,
+    float_ties,
+    last_layer,
+    rounding_threshold,
+)
 from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
 from torch import nn
-from tqdm import tqdm
 
-# Two pre-quantization values closer than this (in quantization steps) differ by float rounding only.
-# Measured noise between PyTorch and qonnx/onnxruntime BatchNorm: ~2e-6 steps; a changed weight or
-# scale moves values by far more.
-TIE_TOLERANCE_STEPS = 1e-4
+from agq.progress import bar
+
+# Differing images a command prints; the rest are in model.json ("equivalence.differences").
+SHOWN_DIFFERENCES = 3
 # |logit / scale - integer logit| beyond this fraction of sum |a_i w_i| means the output scale is wrong:
 # float32 accumulation errs by about sqrt(n) x 6e-8 of that sum.
 MAX_SCALE_ERROR = 1e-4
+
+
+def first_lines(lines: list[str], rest_in: str, limit: int = SHOWN_DIFFERENCES) -> list[str]:
+    """What a command prints of a long list: the first ``limit`` lines and where the others are."""
+    rest = len(lines) - limit
+    return lines[:limit] + ([f"... and {rest} more ({rest_in})"] if rest > 0 else [])
 
 
 @dataclass(frozen=True)
@@ -95,62 +106,16 @@ class EquivalenceReport:
             line += f"; {len(errors)} errors, first: {errors[0]}"
         return line
 
+    def problems(self) -> list[str]:
+        """Every problem, errors before float ties."""
+        return [*self.errors, *map(str, self.ties)]
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["differences"] = [str(d) for d in self.differences]
         out["ties"] = len(self.ties)
         out["tie_tolerance_steps"] = TIE_TOLERANCE_STEPS
         return out
-
-
-def _torch_run(
-    model: nn.Module, acts: list[QuantLayer], fc: QuantLayer, x: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """F's logits, the FC input, and per activation quantizer (pre-quantization value, quantized value)."""
-    captured: dict[nn.Module, tuple[np.ndarray, np.ndarray]] = {}
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        # QuantReLU applies its ReLU inside the quantizer: the value being rounded is relu(input).
-        captured[module] = (torch.relu(inputs[0]).numpy(), output.numpy())
-
-    handles = [layer.module.register_forward_hook(hook) for layer in [*acts, fc]]
-    try:
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x)).numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, captured[fc.module][0], [captured[layer.module] for layer in acts]
-
-
-def _exact_logits(
-    fc_input: np.ndarray, act_scale: float, int_weight: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The last layer's integer accumulators (what the hardware computes) and sum |a_i w_i|, in int64.
-
-    Written by hand because float32 logits cannot hold them: the accumulators reach 2^20 and more, where
-    a float32 logit / scale is off by a sizeable fraction of one. The magnitude bounds the float error.
-    """
-    codes = np.round(fc_input.reshape(len(fc_input), -1).astype(np.float64) / act_scale).astype(np.int64)
-    return codes @ int_weight.T, np.abs(codes) @ np.abs(int_weight).T
-
-
-def _torch_last_layer(layers: list[QuantLayer]) -> tuple[float, np.ndarray]:
-    """F's last activation scale and the FC's integer weights (out, in) as int64: its exact last layer."""
-    act, fc = layers[-2], layers[-1]
-    return float(act.scale().item()), fc.module.quant_weight().int().numpy().astype(np.int64)
-
-
-def integer_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    """F's exact integer logits (int64) for raw uint8 images (N x C x H x W): what the last MVAU outputs.
-
-    Compare hardware results with these, not with round(logits / scale): that rounding is float32-limited
-    (see ``_exact_logits``).
-    """
-    layers = trace_quant_layers(model, (1, *images.shape[1:]))
-    output_scale(layers)  # the last two layers must be the per-tensor activation and FC
-    _, fc_input, _ = _torch_run(model, [], layers[-1], images.astype(np.float32))
-    return _exact_logits(fc_input, *_torch_last_layer(layers))[0]
 
 
 class _BatchedQonnx:
@@ -200,15 +165,14 @@ def _diagnose_activation(
     differing = np.argwhere(pt_code != on_code)
     if len(differing) == 0:
         return None
-    steps = np.broadcast_to(scale, pt_pre.shape)
-    tie = (np.abs(pt_code - on_code) == 1) & (np.abs(pt_pre - on_pre) <= TIE_TOLERANCE_STEPS * steps)
+    tie = float_ties(pt_code, on_code, (pt_pre, on_pre), scale)
     non_tie = [tuple(i) for i in differing if not tie[tuple(i)]]
     where = f"{layer.name} ({quant.name})"
     count = f"{len(differing)} element(s) differ"
     i = non_tie[0] if non_tie else tuple(differing[0])
-    a, b, s = float(pt_pre[i]), float(on_pre[i]), float(steps[i])
+    a, b, s = float(pt_pre[i]), float(on_pre[i]), float(np.broadcast_to(scale, pt_pre.shape)[i])
     if not non_tie:
-        threshold = (min(pt_code[i], on_code[i]) + 0.5) * s
+        threshold = float(rounding_threshold(pt_code[i], on_code[i], s))
         ulps = abs(a - b) / float(np.spacing(np.float32(threshold)))
         return True, (f"{where} at {_locate(i[1:])}: pre-quantization value {a:.9g} in PyTorch vs {b:.9g} in "
                       f"QONNX ({ulps:.0f} float32 steps apart), rounding threshold {threshold:.9g} "
@@ -253,22 +217,24 @@ def check_equivalence(
     pairs = pair_layers(layers, qmodel)
     acts = [(layer, quant) for layer, quant, _ in pairs if not layer.is_weight]
     fc, fc_quant, fc_node = pairs[-1]
-    act_scale, pt_weight = _torch_last_layer(layers)
+    act_scale, pt_weight = last_layer(layers)
+    watched = [layer.module for layer, _ in acts]
     on_act_scale = float(qmodel.get_initializer(acts[-1][1].input[1]))
     runner = _BatchedQonnx(qmodel, min(batch, len(images)))
     report = EquivalenceReport(images=len(images), output_scale=scale)
     starts = range(0, len(images), runner.batch)
-    for start in tqdm(starts, desc="equality check", unit="batch", disable=not progress, file=sys.stderr):
+    for start in bar(starts, desc="equality check", unit="batch", enabled=progress):
         x = images[start : start + runner.batch].astype(np.float32)
         n = len(x)
-        pt_logits, pt_fc_in, pt_acts = _torch_run(model, [layer for layer, _ in acts], fc, x)
+        pt_logits, seen = capture(model, [*watched, fc.module], x)
+        pt_fc_in, pt_acts = seen[fc.module][0], [seen[module] for module in watched]
         context = runner.run(x)
         if start == 0:  # the exported weights are the same in every batch: read them once
             report.weight_mismatches = _weight_mismatches(pairs, context)
             on_weight = _int_weight(qmodel, fc_quant, fc_node, context)
         on_logits = context[runner.output][:n]
-        pt_exact, pt_magnitude = _exact_logits(pt_fc_in, act_scale, pt_weight)
-        on_exact, on_magnitude = _exact_logits(context[fc_node.input[0]][:n], on_act_scale, on_weight)
+        pt_exact, pt_magnitude = exact_logits(pt_fc_in, act_scale, pt_weight)
+        on_exact, on_magnitude = exact_logits(context[fc_node.input[0]][:n], on_act_scale, on_weight)
         pt_units, on_units = pt_logits.astype(np.float64) / scale, on_logits.astype(np.float64) / scale
         runs = ((pt_units, pt_exact, pt_magnitude), (on_units, on_exact, on_magnitude))
         for units, exact, magnitude in runs:

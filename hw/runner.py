@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from agq.errors import AgqError
 from agq.io import atomic_write_bytes, write_json
+from agq.progress import bar as progress_bar
 
 MANIFEST = "steps.json"
 Step = Callable[[ModelWrapper, object], ModelWrapper]
@@ -105,10 +106,10 @@ class StepRunner:
         console = sys.stderr
         key = self.base_key
         done = self.records = []
-        # disable=None: tqdm draws the bar on a terminal only, so a piped `make build` log holds just the
-        # step lines, not a redrawn bar between each; the context manager clears it before an error.
-        with tqdm(total=len(steps), desc="agq build", unit="step", file=console,
-                  disable=None if self.progress else True, leave=False) as bar:
+        # The bar draws on a terminal only (agq.progress), so a piped `make build` log holds just the step
+        # lines, not a redrawn bar between each; the context manager clears it before an error.
+        with progress_bar(total=len(steps), desc="agq build", unit="step", stream=console,
+                          enabled=self.progress, leave=False) as bar:
             for i, (step, name) in enumerate(zip(steps, names, strict=True)):
                 key = _chain(key, name)
                 if i < skip:
@@ -121,7 +122,7 @@ class StepRunner:
                 done.append(record)
                 self._save_manifest(done)
                 status = "reused" if record["reused"] else f"{record['seconds']:.1f} s"
-                bar.write(f"[{i + 1:2d}/{len(steps)}] {name:<36} {status}", file=console)
+                tqdm.write(f"[{i + 1:2d}/{len(steps)}] {name:<36} {status}", file=console)
                 bar.update()
         if skip == len(steps):
             model = cached

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from agq.errors import AgqError
 from agq.locks import folder_lock
+from agq.progress import bar as progress_bar
 
 EVAL_BATCH = 500
 LAZY_SCALE = "weight_quant.tensor_quant.scaling_impl.value"
@@ -263,8 +264,8 @@ class _Run:
         total = torch.zeros((), dtype=torch.float64, device=self.node.device)
         n = len(self.batches)
         begin, cpu_begin = time.perf_counter(), time.process_time()
-        bar = tqdm(self.batches.epoch(global_epoch), total=n, desc=f"{phase} {epoch + 1}/{epochs}",
-                   disable=not self.progress, leave=False, unit="batch")
+        bar = progress_bar(self.batches.epoch(global_epoch), total=n, desc=f"{phase} {epoch + 1}/{epochs}",
+                           enabled=self.progress, leave=False, unit="batch")
         for i, (x, y) in enumerate(bar):
             loss = step(x, y, epoch + i / n)
             total += loss

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stall-prob", type=float, default=0.0,
                         help="probability that the output's TREADY is held low in a cycle (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stall pattern (default 0)")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel simulator processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel simulator processes (default: one per CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

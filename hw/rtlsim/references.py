@@ -1,57 +1,41 @@
 """The two references the RTL simulation is held against, and the diagnosis of a PyTorch difference.
 
-* FINN's Python execution of the very partition that was simulated: ``execute_onnx`` on
-  partition_hdl.onnx with every node in FINN's Python mode (``cppsim`` selects the Python model for
-  RTL nodes). qonnx's quant-tensor sanitizing is switched off for it: it silently rounds values that
-  should be integers, which would hide exactly the errors this comparison looks for (and costs 2/3 of
-  the run time).
+* FINN's Python execution of the very partition that was simulated: every node in FINN's Python mode
+  (``cppsim`` selects the Python model for RTL nodes), run node by node with qonnx's ``execute_node``.
+  qonnx's ``execute_onnx`` is not called per image: it re-checks the graph's shapes and topological
+  order on every call (2/3 of the time on a 101-node partition) and rounds values that should be
+  integers (quant-tensor sanitizing), which would hide exactly the errors this comparison looks for.
+  Both checks are made once per model here. The outputs are cached per partition and image
+  (:mod:`hw.rtlsim.reference_cache`).
 * PyTorch's integer logits: F's last-layer integer accumulators, exact in int64
-  (``export.equivalence.integer_logits``). ``round(logits / scale)`` in
-  float32 is reported too, but cannot be the reference: accumulators reach 2^20 and more, where the
-  float32 logit is off by a sizeable fraction of one (export/equivalence.py measured 0.55).
+  (:func:`export.reference.torch_logits`). ``round(logits / scale)`` in float32 is reported too, but
+  cannot be the reference (see export.reference).
 
 A difference from PyTorch is traced to the first quantized activation whose code differs between
-PyTorch and the hardware path (FINN's Thresholding outputs); it is a float tie when PyTorch's
-pre-quantization value lies within float noise of the rounding threshold (FINN-NOTES.md, "Equivalence
-pitfalls"), and an error otherwise.
+PyTorch and the hardware path (FINN's Thresholding outputs); whether it is a float tie is decided by
+export.reference's rule, with PyTorch's pre-quantization value (the hardware has none).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from agq.export.equivalence import TIE_TOLERANCE_STEPS, integer_logits
 from agq.export.layers import QuantLayer
+from agq.export.reference import capture, float_ties, rounding_threshold
 from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.core.onnx_exec import execute_onnx
+from qonnx.core.onnx_exec import execute_node, execute_onnx
 from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
-from qonnx.util.basic import qonnx_make_model
+from qonnx.util.basic import get_preferred_qonnx_opset, qonnx_make_model
 from torch import nn
 
 from agq.errors import AgqError
 
 SDP = "StreamingDataflowPartition"
-
-
-@contextlib.contextmanager
-def _no_sanitizing() -> Iterator[None]:
-    old = os.environ.get("SANITIZE_QUANT_TENSORS")
-    os.environ["SANITIZE_QUANT_TENSORS"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SANITIZE_QUANT_TENSORS"]
-        else:
-            os.environ["SANITIZE_QUANT_TENSORS"] = old
 
 
 def partition_inputs(parent_path: Path, images: np.ndarray) -> np.ndarray:
@@ -82,62 +66,41 @@ class FinnPython:
 
     def __init__(self, partition: Path) -> None:
         from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
+        from qonnx.analysis.topology import nodes_topologically_sorted
 
+        self.path = Path(partition)
         self.model = ModelWrapper(str(partition)).transform(SetExecMode("cppsim"))
+        if not self.model.check_all_tensor_shapes_specified():
+            raise AgqError(f"{partition} has tensors without a shape: run `agq build` again")
+        if not self.model.analysis(nodes_topologically_sorted)["nodes_topologically_sorted"]:
+            raise AgqError(f"{partition} is not topologically sorted: run `agq build` again")
         self.input = self.model.graph.input[0].name
         self.output = self.model.graph.output[0].name
+        opsets = self.model.get_opset_imports()
+        self._nodes = [(node, opsets.get(node.domain, get_preferred_qonnx_opset()))
+                       for node in self.model.graph.node]
+        self._empty = self.model.make_empty_exec_context()
 
     def context(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every tensor of the partition for one image (x with batch 1)."""
-        with _no_sanitizing():
-            return execute_onnx(self.model, {self.input: x}, return_full_exec_context=True)
+        context = dict(self._empty)  # initializers are shared, read-only; every other tensor is written
+        context[self.input] = np.asarray(x, dtype=np.float32)
+        for node, opset in self._nodes:
+            execute_node(node, context, self.model.graph, opset, True)
+        return context
 
     def outputs(self, inputs: np.ndarray, on_image: Callable[[], None] | None = None) -> np.ndarray:
         """Integer outputs (images, values per image); not-an-integer output is an AgqError."""
         rows = []
-        with _no_sanitizing():
-            for i in range(len(inputs)):
-                out = execute_onnx(self.model, {self.input: inputs[i : i + 1]})[self.output].reshape(-1)
-                if not np.array_equal(out, np.round(out)):
-                    raise AgqError(f"FINN's Python execution of the partition gave non-integer outputs "
-                                   f"on image {i}")
-                rows.append(out)
-                if on_image:
-                    on_image()
-        return np.asarray(rows).astype(np.int64)
-
-
-def _capture(
-    model: nn.Module, modules: list[nn.Module], x: np.ndarray
-) -> tuple[np.ndarray, dict[nn.Module, tuple[np.ndarray, np.ndarray]]]:
-    """F's float logits and, per module, (input after ReLU, output) of one forward pass."""
-    seen: dict[nn.Module, tuple[np.ndarray, np.ndarray]] = {}
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        seen[module] = (torch.relu(inputs[0]).numpy(), output.numpy())
-
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x.astype(np.float32))).numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, seen
-
-
-def torch_logits(model: nn.Module, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(exact integer logits as int64, float32 logits) of F on raw images, batched to bound memory.
-
-    The integer logits are export.equivalence's; the float logits take a second forward pass (a few
-    seconds on 10,000 MNIST images, while the simulator runs), which keeps one integer-logit definition.
-    """
-    exact, floats = [], []
-    for start in range(0, len(images), batch):
-        x = images[start : start + batch]
-        exact.append(integer_logits(model, x))
-        floats.append(_capture(model, [], x)[0])
-    return np.concatenate(exact), np.concatenate(floats)
+        for i in range(len(inputs)):
+            out = self.context(inputs[i : i + 1])[self.output].reshape(-1)
+            if not np.array_equal(out, np.round(out)):
+                raise AgqError(f"FINN's Python execution of the partition gave non-integer outputs "
+                               f"on image {i}")
+            rows.append(out)
+            if on_image:
+                on_image()
+        return np.asarray(rows).reshape(len(inputs), -1).astype(np.int64)
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -159,7 +122,7 @@ def explain_difference(
     if len(acts) != len(thresholds):
         return False, (f"cannot pair F's {len(acts)} activation quantizers with the partition's "
                        f"{len(thresholds)} Thresholding nodes")
-    _, seen = _capture(model, [a.module for a in acts], image)
+    _, seen = capture(model, [a.module for a in acts], image)
     context = finn.context(x)
     for layer, node in zip(acts, thresholds, strict=True):
         scale = float(layer.scale().item())
@@ -169,10 +132,9 @@ def explain_difference(
         differing = np.argwhere(pt_code != hw_code)
         if len(differing) == 0:
             continue
-        near = np.abs(pre - (np.minimum(pt_code, hw_code) + 0.5) * scale) <= TIE_TOLERANCE_STEPS * scale
-        tie = bool(all(abs(pt_code[tuple(i)] - hw_code[tuple(i)]) == 1 and near[tuple(i)] for i in differing))
+        tie = bool(float_ties(pt_code, hw_code, (pre,), scale)[pt_code != hw_code].all())
         i = tuple(differing[0])
-        threshold = (min(pt_code[i], hw_code[i]) + 0.5) * scale
+        threshold = float(rounding_threshold(pt_code[i], hw_code[i], scale))
         steps = abs(float(pre[i]) - threshold) / float(np.spacing(np.float32(threshold)))
         where = "[" + ",".join(str(j) for j in i[1:]) + "]"
         return tie, (f"{layer.name} ({node.name}) at NHWC {where}: code {pt_code[i]:.0f} in PyTorch vs "

@@ -9,6 +9,8 @@ on two cores they cost little extra wall time.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ import numpy as np
 from agq.hw.rtlsim.build_info import BuildInfo, read_build
 from agq.hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_per_image
 from agq.hw.rtlsim.report import write_report
-from tqdm import tqdm
 
 from agq.errors import AgqError
+from agq.progress import bar
 
 # Longest time without any AXI-stream handshake that is still progress: a layer never computes a whole
 # frame without moving a stream, so FINN's per-layer cycle estimate bounds it; floor for tiny designs.
@@ -35,7 +37,7 @@ class _TorchReference:
 
     def __init__(self, model: Any, raw: np.ndarray) -> None:
         from agq.export.layers import trace_quant_layers
-        from agq.hw.rtlsim.references import torch_logits
+        from agq.export.reference import torch_logits
 
         self.model, self.raw = model, raw
         self.layers = trace_quant_layers(model, (1, *raw.shape[1:]))
@@ -85,6 +87,11 @@ def _steady_state(chunks: list[ChunkResult], out_words: int) -> float | None:
     return spans / gaps if gaps else None
 
 
+def default_jobs() -> int:
+    """Simulator processes when none are asked for: one per CPU this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _validate(images: int | None, stall_prob: float, jobs: int) -> None:
     if images is not None and images < 1:
         raise AgqError(f"--images {images}: need at least one image")
@@ -121,7 +128,7 @@ def _images(info: BuildInfo, cfg: Any, images: int | None, inputs: Path | None, 
 
 def simulate(
     build_dir: Path, images: int | None = None, stall_prob: float = 0.0, seed: int = 0, *,
-    inputs: Path | None = None, expected: Path | None = None, jobs: int = 1, progress: bool = True,
+    inputs: Path | None = None, expected: Path | None = None, jobs: int | None = None, progress: bool = True,
     write: bool = True,
 ) -> dict[str, Any]:
     """Simulate images on the build's RTL; returns the report (also written when ``write``).
@@ -130,17 +137,21 @@ def simulate(
     exported, or the first ``images`` (default all) of ``inputs`` (raw uint8, model input layout);
     ``expected`` holds the model's outputs on them. ``stall_prob`` is the chance that the testbench
     holds the output's TREADY low in a cycle (seeded by ``seed``). ``jobs`` simulator processes split
-    the images. The report says which references were used and counts images whose integer outputs are
-    bit-exact against each, and gives top-1 (when labels are known), cycles, frames/s and the
-    simulation speed. It is written to ``<build>/rtlsim/report.{json,md}``, the hardware's integer
-    outputs to ``<build>/rtlsim/hardware_logits.npy``.
+    the images (default: one per CPU). FINN's Python outputs are cached per partition and image
+    (:mod:`hw.rtlsim.reference_cache`), so a second run on the same images only simulates. The report
+    says which references were used and counts images whose integer outputs are bit-exact against each,
+    and gives top-1 (when labels are known), cycles, frames/s and the simulation speed. It is written to
+    ``<build>/rtlsim/report.{json,md}``, the hardware's integer outputs to
+    ``<build>/rtlsim/hardware_logits.npy``.
     """
+    jobs = default_jobs() if jobs is None else jobs
     _validate(images, stall_prob, jobs)
     from agq.hw import finn_env
+    from agq.hw.rtlsim.reference_cache import ReferenceCache
     from agq.hw.rtlsim.references import FinnPython, partition_inputs
     from agq.hw.rtlsim.rtllib_fixes import fixed_files
     from agq.hw.rtlsim.stitch import stitch
-    from agq.hw.rtlsim.verilator import compile_design, verilator_version
+    from agq.hw.rtlsim.verilator import cache_root, compile_design, verilator_version
     from agq.training.checkpoint import load_deployable
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -151,13 +162,13 @@ def simulate(
     n = len(raw)
     design = stitch(ModelWrapper(str(info.partition)))
     if progress:
-        tqdm.write(f"agq rtlsim: {len(design.nodes)} nodes, {len(design.streams)} streams; Verilator "
-                   f"simulator (cached once built) ...")
+        print(f"agq rtlsim: {len(design.nodes)} nodes, {len(design.streams)} streams; Verilator simulator "
+              "(cached once built) ...", file=sys.stderr, flush=True)
     simulator = compile_design(design)
     inputs = partition_inputs(info.parent, raw)
     out_words = words_per_image(design.output.folded_shape)
     cycle_hint = max(info.finn_max_cycles, info.finn_latency_cycles or 0)
-    bars = [tqdm(total=n, desc=desc, unit="img", position=k, leave=True, disable=not progress)
+    bars = [bar(total=n, desc=desc, unit="img", position=k, leave=True, enabled=progress)
             for k, desc in enumerate(("RTL simulation", "FINN Python"))]
     try:
         with ChunkedRun(
@@ -169,7 +180,9 @@ def simulate(
             start = time.monotonic()
             sim_run.start()
             finn = FinnPython(info.partition)
-            finn_out = finn.outputs(inputs, on_image=bars[1].update)
+            cache = ReferenceCache(info.partition, cache_root())
+            finn_out = cache.outputs(inputs, lambda missing: finn.outputs(missing, on_image=bars[1].update))
+            bars[1].update(cache.hits)
             torch_ref = _TorchReference(model, raw) if model is not None else None
             chunks = sim_run.wait()
             wall = time.monotonic() - start
@@ -244,6 +257,7 @@ def simulate(
             "nodes": len(design.nodes),
             "streams": len(design.streams),
             "rtllib_fixes": fixed_files(design.sources),
+            "finn_python_cached_images": cache.hits,
         },
     }
     report["ok"] = ok
