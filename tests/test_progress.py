@@ -1,12 +1,13 @@
-"""Quiet logs: a bar draws only on a terminal; a piped log gets one line per bar; export prints a few lines."""
+"""Quiet logs: bars draw only on a terminal, a piped log gets one line per bar, export prints a few lines."""
 
 from __future__ import annotations
 
 import io
 
 from agq.export.equivalence import first_lines
-from agq.progress import LogLine, bar
 from tqdm import tqdm
+
+from agq.progress import LogLine, bar
 
 
 class Terminal(io.StringIO):
@@ -53,5 +54,5 @@ def test_on_a_terminal_it_is_tqdm_and_disabled_is_silent():
 def test_a_long_list_is_cut_to_its_first_lines_and_says_where_the_rest_is():
     lines = [f"image {i}: float tie" for i in range(248)]
     shown = first_lines(lines, "all in build/m/model.json", limit=3)
-    assert shown == lines[:3] + ["... and 245 more (all in build/m/model.json)"]
+    assert shown == [*lines[:3], "... and 245 more (all in build/m/model.json)"]
     assert first_lines(lines[:3], "anywhere", limit=3) == lines[:3]

@@ -32,10 +32,10 @@ TESTBENCH = Path(__file__).with_name("tb.cpp")
 BINARY = "agq_sim"
 # --assert: finn-rtllib's own checks (an MVU accumulator overflow, for one) stop the simulation with an
 # error; they cost ~5 % of the run time (perf: mvu.sv's NARROW_WEIGHTS check of every weight lane in
-# every cycle), which is worth an overflow found. --no-timing: the only delay in the RTL is mvu.sv's 100 ns DSP
-# start-up watchdog, which only warns and which the testbench's 160 ns reset already satisfies; without
-# timing support the delay is ignored and every evaluation is cheaper. -Wno-fatal: finn-rtllib is not
-# lint-clean for Verilator; the warnings that matter for the generated top are checked in
+# every cycle), which is worth an overflow found. --no-timing: the only delay in the RTL is mvu.sv's
+# 100 ns DSP start-up watchdog, which only warns and which the testbench's 160 ns reset already
+# satisfies; without timing support the delay is ignored and every evaluation is cheaper. -Wno-fatal:
+# finn-rtllib is not lint-clean for Verilator; the warnings that matter for the generated top are checked in
 # _check_top_warnings. --output-split lets make compile the model in pieces (-j).
 VERILATOR_FLAGS = (
     "--cc", "--exe", "-O3", "--assert", "--x-assign", "fast", "--x-initial", "fast", "--no-timing",
