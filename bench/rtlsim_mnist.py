@@ -3,9 +3,11 @@
     .venv/bin/python -m agq.bench.rtlsim_mnist [--build build/mnist_plain_ag/Pynq-Z2] [--jobs N]
 
 Needs ``make train export build`` (the default config). Every image must be bit-exact against FINN's
-Python execution and PyTorch (``hw.rtlsim.run.simulate``); the simulated cycles per image, the frames/s
-they give at the board clock, FINN's estimate, and the simulation's own speed (images/s, simulated
-cycles/s on this machine) go to bench/results/rtlsim_mnist.json, written even when the check fails
+Python execution and PyTorch (``hw.rtlsim.run.simulate``, one simulator process per CPU unless
+``--jobs``); the simulated cycles per image, the frames/s they give at the board clock, FINN's estimate,
+and the simulation's own speed (images/s, simulated cycles/s on this machine, wall seconds, and how many
+of FINN's Python outputs came from the reference cache: a first run computes them, later ones reuse
+them) go to bench/results/rtlsim_mnist.json, written even when the check fails
 (with ``ok: false``), so that a failure is recorded, not hidden. Exit status 1 when not bit-exact.
 """
 
@@ -48,6 +50,7 @@ def result_record(report: dict, wall: float) -> dict:
         "simulation_images_per_second": sim["images_per_second"],
         "simulation_wall_seconds": sim["wall_seconds"],
         "simulator_build_seconds": sim["simulator_build_seconds"],
+        "finn_python_cached_images": sim["finn_python_cached_images"],
         "total_wall_seconds": round(wall, 1),
         "jobs": report["jobs"],
         "verilator": sim["verilator"],

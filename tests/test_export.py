@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from agq.export.contract import contract_violations
-from agq.export.equivalence import TIE_TOLERANCE_STEPS, check_equivalence, integer_logits
+from agq.export.equivalence import SHOWN_DIFFERENCES, check_equivalence
 from agq.export.layers import output_scale, trace_quant_layers
 from agq.export.lint import lint_graph
 from agq.export.qonnx import EquivalenceError, export_checkpoint, to_qonnx
+from agq.export.reference import TIE_TOLERANCE_STEPS, integer_logits
 from agq.training import data
 from agq.training.checkpoint import load_checkpoint, load_deployable, save_checkpoint
 from agq.training.config import config_from_dict
@@ -263,8 +264,8 @@ def test_cli_exports_and_reports(checkpoint, tmp_path, capsys):
     assert "agq export: error: checkpoint not found" in capsys.readouterr().err
 
 
-def test_cli_reports_each_differing_image_and_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
-    """An export whose graph is not F (one stem weight negated) fails with every image listed."""
+def test_cli_reports_the_first_differing_images_and_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    """An export whose graph is not F (one stem weight negated) fails with its first problems listed."""
     import agq.export.qonnx
 
     def altered(model, shape):
@@ -282,8 +283,13 @@ def test_cli_reports_each_differing_image_and_writes_nothing(checkpoint, tmp_pat
     args = ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--images", "16"]
     assert main(args) == 2
     err = capsys.readouterr().err.splitlines()
-    image_lines = [line for line in err if line.startswith("image ")]
-    assert len(image_lines) == len(failure.value.report.differences) > 0
+    problems = failure.value.report.problems()
+    assert len(problems) > SHOWN_DIFFERENCES and problems[0].startswith("stem (")
+    first = err.index(problems[0])
+    assert err[first : first + SHOWN_DIFFERENCES + 1] == [
+        *problems[:SHOWN_DIFFERENCES],
+        f"... and {len(problems) - SHOWN_DIFFERENCES} more (not shown: nothing was written)"]
+    assert sum(line.startswith("image ") for line in err) == SHOWN_DIFFERENCES - 1
     assert err[-1].startswith("agq export: error: exported model differs from PyTorch")
 
 

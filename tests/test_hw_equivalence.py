@@ -9,6 +9,7 @@ cached (~/.cache/agq/rtlsim, or $AGQ_RTLSIM_CACHE) after the first run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,16 @@ def test_rtl_equals_finn_and_pytorch_on_every_image(build_dir, baseline):
     assert_bit_exact(report)
     cycles = report["cycles"]
     assert 0 < cycles["first_output"] <= cycles["first_image"] and cycles["steady_state_per_image"] > 0
-    assert (build_dir / FOLDER / "report.md").read_text().count("bit-exact") >= 2
+    assert_saved_verdict(build_dir, report, ok=True)
+
+
+def assert_saved_verdict(build_dir: Path, report: dict, ok: bool) -> None:
+    """The files on disk carry the run's verdict and counts, not just labels that name "bit-exact"."""
+    saved = json.loads((build_dir / FOLDER / "report.json").read_text())
+    assert saved["ok"] is ok and saved["bit_exact"] == report["bit_exact"]
+    assert saved["images"] == report["images"]
+    verdict = "**bit-exact**" if ok else "**NOT bit-exact**"
+    assert f"Result: {verdict}" in (build_dir / FOLDER / "report.md").read_text()
 
 
 @pytest.mark.parametrize("stall_prob", [0.5, 0.999])
@@ -76,6 +86,7 @@ def test_output_stalls_leave_every_result_unchanged(build_dir, baseline, stall_p
     reference, logits = baseline
     report = simulate(build_dir, images=40, stall_prob=stall_prob, seed=7, jobs=2, progress=False)
     assert_bit_exact(report)
+    assert report["simulation"]["finn_python_cached_images"] == 40  # the baseline computed them
     assert np.array_equal(np.load(build_dir / FOLDER / LOGITS), logits[:40])
     if stall_prob > 0.99:  # ten output words take ~10,000 cycles: back-pressure slows the whole pipeline
         slowed = report["cycles"]["steady_state_per_image"]
@@ -121,6 +132,81 @@ def test_one_flipped_weight_bit_is_caught(build_dir):
     assert not report["ok"]
     assert exact["finn_python"] < n and exact["pytorch"] < n
     assert exact["differences"] and not any(d["float_tie"] for d in exact["differences"])
+    assert_saved_verdict(build_dir, report, ok=False)
+
+
+def test_agq_rtlsim_exits_non_zero_when_not_bit_exact(build_dir, baseline, tmp_path, capsys):
+    from agq.training.data import test_images
+
+    from agq.cli import main
+
+    images, _ = test_images(load_config(CONFIG).data, 12)
+    expected = baseline[1][:12].copy()  # the hardware's integer outputs on these images
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "right.npy", expected)
+    expected[5, 3] += 1
+    np.save(tmp_path / "wrong.npy", expected)
+    command = ["rtlsim", "--build", str(build_dir), "--inputs", str(tmp_path / "images.npy"), "--no-progress",
+               "--expected"]
+
+    assert main([*command, str(tmp_path / "right.npy")]) == 0
+    assert main([*command, str(tmp_path / "wrong.npy")]) == AgqError.exit_code
+    assert "agq rtlsim: error: the RTL simulation is not bit-exact" in capsys.readouterr().err
+    saved = json.loads((build_dir / FOLDER / "report.json").read_text())
+    assert saved["ok"] is False and saved["references"] == ["finn_python", "pytorch", "expected"]
+    assert saved["bit_exact"]["expected"] == 11 and saved["bit_exact"]["expected_differing_images"] == [5]
+    assert saved["bit_exact"]["finn_python"] == 12  # the hardware itself still equals FINN
+
+
+def test_simulator_key_covers_every_optimisation_flag(monkeypatch):
+    from agq.hw.rtlsim import verilator
+
+    files = {"agq_top.sv": "module agq_top; endmodule", "tb.cpp": "int main() {}"}
+    key = verilator.simulator_key(files, "verilator 5.48.0", set())
+    assert verilator.simulator_key(files, "verilator 5.48.0", set()) == key
+    flags = verilator.build_flags()
+    assert {"-O3", "fast", "OPT_FAST=-O2"} <= set(flags)
+    monkeypatch.setattr(verilator, "MAKE_OPT_FLAGS", ("OPT_FAST=-O3", "OPT_SLOW=-O1", "OPT_GLOBAL=-O2"))
+    o3 = verilator.simulator_key(files, "verilator 5.48.0", set())
+    monkeypatch.setattr(verilator, "CXX_FLAGS", verilator.CXX_FLAGS + " -march=native")
+    native = verilator.simulator_key(files, "verilator 5.48.0", set())
+    monkeypatch.setattr(verilator, "VERILATOR_FLAGS", tuple(f for f in flags if f != "-O3"))
+    verilator_o0 = verilator.simulator_key(files, "verilator 5.48.0", set())
+    assert len({key, o3, native, verilator_o0}) == 4
+
+
+def test_finn_reference_cache_hits_the_same_partition_and_images_only(tmp_path):
+    from agq.hw.rtlsim.reference_cache import ReferenceCache
+
+    partition, root = tmp_path / "partition_hdl.onnx", tmp_path / "cache"
+    partition.write_bytes(b"partition A")
+    images = np.arange(24, dtype=np.float32).reshape(4, 6)
+    computed = []
+
+    def values(x: np.ndarray) -> np.ndarray:
+        return np.stack([x.sum(axis=1), x.max(axis=1)], axis=1).astype(np.int64)
+
+    def finn(x: np.ndarray) -> np.ndarray:
+        computed.append(len(x))
+        return values(x)
+
+    assert np.array_equal(ReferenceCache(partition, root).outputs(images, finn), values(images))
+    again = ReferenceCache(partition, root)  # a new run: reads the file
+    assert np.array_equal(again.outputs(images, finn), values(images)) and again.hits == 4
+    assert computed == [4]
+    mixed = np.concatenate([images[:2], images[:2] + 100])
+    assert np.array_equal(again.outputs(mixed, finn), values(mixed)) and again.hits == 2
+    assert computed == [4, 2]  # only the two new images
+
+    partition.write_bytes(b"partition B")  # a rebuilt model: nothing of A's may be reused
+    changed = ReferenceCache(partition, root)
+    changed.outputs(images, finn)
+    assert changed.hits == 0 and computed == [4, 2, 4]
+
+    changed.path.write_bytes(b"spoiled")  # an unreadable file is recomputed, never trusted
+    spoiled = ReferenceCache(partition, root)
+    assert np.array_equal(spoiled.outputs(images, finn), values(images)) and spoiled.hits == 0
+    assert computed == [4, 2, 4, 4]
 
 
 def test_stitch_refuses_a_layer_without_rtl(build_dir):

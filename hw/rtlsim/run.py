@@ -21,7 +21,7 @@ from agq.hw.rtlsim.drive import ChunkedRun, ChunkResult, unpack_outputs, words_p
 from agq.hw.rtlsim.report import write_report
 
 from agq.errors import AgqError
-from agq.progress import bar
+from agq.progress import bar as progress_bar
 
 # Longest time without any AXI-stream handshake that is still progress: a layer never computes a whole
 # frame without moving a stream, so FINN's per-layer cycle estimate bounds it; floor for tiny designs.
@@ -168,7 +168,7 @@ def simulate(
     inputs = partition_inputs(info.parent, raw)
     out_words = words_per_image(design.output.folded_shape)
     cycle_hint = max(info.finn_max_cycles, info.finn_latency_cycles or 0)
-    bars = [bar(total=n, desc=desc, unit="img", position=k, leave=True, enabled=progress)
+    bars = [progress_bar(total=n, desc=desc, unit="img", position=k, leave=True, enabled=progress)
             for k, desc in enumerate(("RTL simulation", "FINN Python"))]
     try:
         with ChunkedRun(
@@ -183,6 +183,7 @@ def simulate(
             cache = ReferenceCache(info.partition, cache_root())
             finn_out = cache.outputs(inputs, lambda missing: finn.outputs(missing, on_image=bars[1].update))
             bars[1].update(cache.hits)
+            bars[1].close()
             torch_ref = _TorchReference(model, raw) if model is not None else None
             chunks = sim_run.wait()
             wall = time.monotonic() - start
