@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
           f"equality on {eq['images']} test images: {eq['top1_equal']} top-1 equal, "
           f"{eq['int_logits_equal']} integer logits equal, "
           f"{eq['rounded_logits_equal']} round(logits / scale) equal, {eq['ties']} float ties")
-    for line in first_lines(eq["differences"], f"all in {onnx_path.parent / 'model.json'}"):
+    for line in first_lines(eq["differences"], f"all in {onnx_path.parent / MODEL_CARD}"):
         print(f"  {line}")
     return 0

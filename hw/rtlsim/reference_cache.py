@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from agq.training.checkpoint import atomic_write_bytes
+
+from agq.io import atomic_write_bytes
 
 FOLDER = "finn_python"
 _VERSIONED = ("finn-plus", "qonnx")
