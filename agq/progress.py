@@ -4,7 +4,9 @@ tqdm redraws its bar many times a second; in a file every redraw is a new frame,
 held thousands of frames per epoch. :func:`bar` returns a real tqdm bar when stderr (where bars go) is
 a terminal, and otherwise a :class:`LogLine` with the same small interface (iterate, ``update``,
 ``set_postfix``, ``close``, context manager) that stays silent while it runs and writes one line, with
-the count, the time and the last postfix, when it is closed. ``enabled=False`` silences both.
+the count, the time and the last postfix, when it is closed, unless the caller writes its own line per
+step (``log_line=False``: training's epoch rows, the build's step lines). ``enabled=False`` silences
+both.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class LogLine:
     """A bar off a terminal: counts silently and writes ``desc: n/total unit in s (postfix)`` on close."""
 
     def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, enabled: bool,
-                 stream: TextIO) -> None:
-        self.iterable, self.desc, self.unit, self.enabled, self.stream = iterable, desc, unit, enabled, stream
+                 stream: TextIO, log_line: bool = True) -> None:
+        self.iterable, self.desc, self.unit, self.stream = iterable, desc, unit, stream
+        self.enabled = enabled and log_line
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.n, self.postfix = total, 0, ""
@@ -67,12 +70,15 @@ class LogLine:
         self.close()
 
 
-def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "it",
-        enabled: bool = True, stream: TextIO | None = None, **tqdm_options: Any) -> Any:
-    """A tqdm bar on a terminal, else a :class:`LogLine`; ``tqdm_options`` (position, leave) go to tqdm."""
+def bar(
+    iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "it",
+    enabled: bool = True, log_line: bool = True, stream: TextIO | None = None, **tqdm_options: Any,
+) -> Any:
+    """A tqdm bar on a terminal, else a :class:`LogLine` (one line on close when ``log_line``);
+    ``tqdm_options`` (position, leave) go to tqdm."""
     stream = sys.stderr if stream is None else stream
     if enabled and on_terminal(stream):
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, **tqdm_options)
-    return LogLine(iterable, total, desc, unit, enabled, stream)
+    return LogLine(iterable, total, desc, unit, enabled, stream, log_line)

@@ -109,7 +109,7 @@ class StepRunner:
         # The bar draws on a terminal only (agq.progress), so a piped `make build` log holds just the step
         # lines, not a redrawn bar between each; the context manager clears it before an error.
         with progress_bar(total=len(steps), desc="agq build", unit="step", stream=console,
-                          enabled=self.progress, leave=False) as bar:
+                          enabled=self.progress, log_line=False, leave=False) as bar:
             for i, (step, name) in enumerate(zip(steps, names, strict=True)):
                 key = _chain(key, name)
                 if i < skip:

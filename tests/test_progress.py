@@ -40,6 +40,13 @@ def test_a_bar_updated_by_hand_writes_its_line_once_on_close():
     assert log.getvalue().startswith("RTL simulation: 3/3 img in ") and log.getvalue().count("\n") == 1
 
 
+def test_a_caller_that_logs_its_own_steps_gets_no_extra_line():
+    log = io.StringIO()
+    for step in bar(range(3), desc="agq build", unit="step", stream=log, log_line=False):
+        print(f"[{step + 1}/3] step_{step}", file=log)
+    assert log.getvalue().splitlines() == ["[1/3] step_0", "[2/3] step_1", "[3/3] step_2"]
+
+
 def test_on_a_terminal_it_is_tqdm_and_disabled_is_silent():
     terminal = Terminal()
     drawn = bar(range(3), desc="equality check", unit="batch", stream=terminal)

@@ -265,7 +265,7 @@ class _Run:
         n = len(self.batches)
         begin, cpu_begin = time.perf_counter(), time.process_time()
         bar = progress_bar(self.batches.epoch(global_epoch), total=n, desc=f"{phase} {epoch + 1}/{epochs}",
-                           enabled=self.progress, leave=False, unit="batch")
+                           enabled=self.progress, log_line=False, leave=False, unit="batch")
         for i, (x, y) in enumerate(bar):
             loss = step(x, y, epoch + i / n)
             total += loss
