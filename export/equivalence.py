@@ -4,9 +4,10 @@ Both run in float32 on the same raw images. Equal means: the same top-1, the sam
 last layer's integer accumulators, which the hardware computes) and the same rounded logits
 (logits / output scale, rounded). The executor is qonnx's own (``execute_onnx``), batched by
 ``ChangeBatchSize``. A difference is traced to its first differing quantized activation, comparing the
-PyTorch values (forward hooks) with the QONNX execution context. It is a *float tie* when the two
-pre-quantization values are float noise apart and straddle a rounding threshold (FINN-NOTES.md,
-"Equivalence pitfalls"). Equal integer logits with different round(logit / scale) are float32 error of
+PyTorch values (captured by :mod:`export.reference`, which ``hw.rtlsim`` shares) with the QONNX
+execution context. It is a *float tie* by export.reference's one rule: codes one step apart, with both
+pre-quantization values on the rounding threshold up to float noise (FINN-NOTES.md, "Equivalence
+pitfalls"). Equal integer logits with different round(logit / scale) are float32 error of
 the last layer's float accumulation (logits reach ~1.4e6 x scale on MNIST), also reported as a tie.
 Anything else is an error. The exported quantized weights are compared with Brevitas' exactly, so that
 a weight altered in the file is named even where no image exposes it.

@@ -248,3 +248,18 @@ def test_finn_verifies_the_intermediate_models_against_pytorch(build_dir):
     assert n == len(np.load(build_dir / "expected_output.npy")) > 0
     assert verification["steps"] == {step: {"passed": n, "failed": 0}
                                      for step in ("finn_onnx_python", "initial_python", "streamlined_python")}
+
+
+def test_one_float_tie_rule_for_export_and_rtlsim():
+    """export.reference's rule: codes one step apart and every known pre-quantization value on the
+    rounding threshold up to TIE_TOLERANCE_STEPS; rtlsim knows PyTorch's value only, export both."""
+    from agq.export.reference import TIE_TOLERANCE_STEPS, float_ties
+
+    scale = 0.25
+    on = 1.5 * scale  # the threshold between codes 1 and 2
+    near, far = on * (1 + TIE_TOLERANCE_STEPS / 10), on + 0.3 * scale
+    pytorch, hardware = np.array([2.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0])
+    rtlsim = (np.array([near, far, near]),)  # the third differs by two codes
+    assert float_ties(pytorch, hardware, rtlsim, scale).tolist() == [True, False, False]
+    both = (np.array([near, near]), np.array([near, far]))  # export: QONNX's value far from it is an error
+    assert float_ties(pytorch[:2], hardware[:2], both, scale).tolist() == [True, False]
