@@ -4,7 +4,7 @@
 however it dies, so the file left behind by a killed process never blocks anyone; the file only tells a
 second process who holds the lock (pid and command line), and the second process stops at once with one
 line naming that holder instead of interleaving its files with the first one's. A holder that ends
-normally deletes the file while it still holds the lock (and the folder, if it made it and left it
+normally deletes the file while it still holds the lock (and the folders it made, as far as they are
 empty); a process that locked a file deleted meanwhile sees that the path no longer leads to its file,
 and tries again on the new one.
 """
@@ -57,11 +57,20 @@ def _lock(path: Path, folder: Path, what: str) -> int:
         os.close(fd)  # its holder deleted the file as we opened it: lock the new one
 
 
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, innermost first: what locking it creates."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[Path]:
     """Hold ``folder``'s lock (creating the folder) for the ``with`` block; :class:`FolderBusy` naming
     the holder if a live process has it. ``what`` says which option names the folder (``--out``)."""
-    made = not Path(folder).is_dir()
+    made = _missing(Path(folder))
     folder = prepare_dir(folder)
     path = folder / LOCK
     fd = _lock(path, folder, what)
@@ -73,6 +82,8 @@ def folder_lock(folder: Path, what: str) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)  # releases the lock
-        if made:
-            with contextlib.suppress(OSError):  # not empty (the usual case), or gone
-                folder.rmdir()
+        for made_here in made:  # innermost first; stops at the first that is not empty (the usual case)
+            try:
+                made_here.rmdir()
+            except OSError:
+                break

@@ -142,33 +142,33 @@ def test_module_apply_still_reaches_every_submodule():
     assert objective.ssp in visited and objective.model in visited
 
 
-def test_bn_recalibration_estimates_quantized_statistics_on_a_copy():
-    """The copy's BN statistics are those of fully quantized F over the first ``steps`` batches (checked at
-    the first BN, whose input does not depend on BN state); the trained objective is untouched."""
-    from agq.training.bn_recalibration import recalibrated
+def test_bn_recalibration_estimates_fully_quantized_statistics():
+    """BN statistics become those of fully quantized F over the first ``steps`` batches (checked at the
+    first BN, whose input does not depend on BN state); weights, momentum and eval mode are untouched."""
+    from agq.training.bn_recalibration import recalibrate_bn
 
     cfg = tiny_config(ssp={"enabled": True, "delta_start": 1.0})
     objective = build_objective(build_model(cfg.model), cfg).eval()
     batches = [batch(seed=s) for s in range(3)]
-    before = {k: v.clone() for k, v in objective.state_dict().items() if torch.is_tensor(v)}
-    norms = [m for m in objective.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norms = [m for m in objective.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    weights = {k: v.clone() for k, v in objective.named_parameters()}
     inputs = []
     hook = norms[0].register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
     for x, _ in batches[:2]:
         objective.evaluate(x)
     hook.remove()
+    old_mean = norms[0].running_mean.clone()
 
-    clone = recalibrated(objective, iter(batches), steps=2)
+    recalibrate_bn(objective, iter(batches), steps=2)
 
-    first = next(m for m in clone.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert not first.training and not clone.training
+    first = norms[0]
+    assert not first.training and first.momentum == 0.1 and not objective.training
     mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in inputs]).mean(0)
     var = torch.stack([t.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for t in inputs]).mean(0)
     torch.testing.assert_close(first.running_mean, mean)
     torch.testing.assert_close(first.running_var, var)
-    assert not torch.allclose(first.running_mean, norms[0].running_mean)
-    after = objective.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not torch.allclose(first.running_mean, old_mean)
+    assert all(torch.equal(v, weights[k]) for k, v in objective.named_parameters())
 
 
 def test_training_evaluates_mixed_precision_epochs_with_recalibrated_bn(tmp_path):

@@ -213,7 +213,7 @@ class _Run:
             self.pretrained_ag = module.ag.state_dict()
 
     def _finetune(self, state: dict[str, Any] | None) -> nn.Module:
-        from agq.training.bn_recalibration import CALIBRATION_BATCHES, recalibrated
+        from agq.training.bn_recalibration import CALIBRATION_BATCHES, recalibrate_bn
         from agq.training.objective import build_objective
 
         tcfg, model = self.cfg.train, self.model
@@ -240,14 +240,15 @@ class _Run:
             scheduler.step()
             self.node.share_buffers(objective)
             objective.eval()
-            evaluated = objective
-            if objective.delta(float(epoch)) > 0:  # BN statistics of a mixed-precision epoch
-                evaluated = recalibrated(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
-                                         CALIBRATION_BATCHES)
-            row |= self._evaluate(evaluated.evaluate)
+            mixed = objective.delta(float(epoch)) > 0  # BN statistics of a mixed-precision epoch
+            if mixed:
+                recalibrate_bn(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
+                               CALIBRATION_BATCHES)
+                self.node.share_buffers(objective)
+            row |= self._evaluate(objective.evaluate)
             if self.cfg.ssp.enabled:
                 row["ssp_delta"] = objective.delta(float(epoch))  # at the start of the epoch
-                row["bn_recalibrated"] = evaluated is not objective
+                row["bn_recalibrated"] = mixed
             self._end_epoch(row, objective, objective.deployable().state_dict(), optimizer, scheduler)
         return objective
 
