@@ -82,7 +82,12 @@ def read_card(model_onnx: Path) -> ModelCard:
     model_onnx = Path(model_onnx)
     finish_commit(model_onnx.parent)  # an export killed between its renames is completed first
     card_path = model_onnx.parent / MODEL_CARD
-    card = ModelCard.from_dict(read_json(card_path, "agq export"), card_path)
+    return _checked(model_onnx, ModelCard.from_dict(read_json(card_path, "agq export"), card_path))
+
+
+def _checked(model_onnx: Path, card: ModelCard) -> ModelCard:
+    """``card``, after checking that it describes exactly the file ``model_onnx``."""
+    card_path = model_onnx.parent / MODEL_CARD
     if not model_onnx.is_file():
         raise AgqError(f"model file not found: {model_onnx} (named by {card_path}); run `agq export` again")
     if file_sha256(model_onnx) != card.model["sha256"]:
@@ -96,12 +101,13 @@ def card_for(model_onnx: Path) -> ModelCard | None:
     (a model agq did not train, even with an unrelated model.json next to it)."""
     model_onnx = Path(model_onnx)
     finish_commit(model_onnx.parent)
+    card_path = model_onnx.parent / MODEL_CARD
     try:
-        data = json.loads((model_onnx.parent / MODEL_CARD).read_text())
+        data = json.loads(card_path.read_text())
         names_it = data["format"] == CARD_FORMAT and data["model"]["path"] == model_onnx.name
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return read_card(model_onnx) if names_it else None
+    return _checked(model_onnx, ModelCard.from_dict(data, card_path)) if names_it else None
 
 
 def _layer_entry(layer: QuantLayer, quant: NodeProto, consumer: NodeProto | None) -> dict[str, Any]:

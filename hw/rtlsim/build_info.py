@@ -45,8 +45,8 @@ def _card(report: BuildReport, report_path: Path) -> tuple[dict[str, Any] | None
     if not report.agq_export:
         return None, None
     model_onnx = Path(report.model)
-    card = read_card(model_onnx)
-    if file_sha256(model_onnx) != report.model_sha256:
+    card = read_card(model_onnx)  # checks the file against the card's sha256: compare that, not hash twice
+    if card.model["sha256"] != report.model_sha256:
         raise AgqError(f"{model_onnx} changed after it was built into {report_path.parent} (its sha256 "
                        f"differs from {report_path}'s): run `agq build` again")
     checkpoint = Path(card.checkpoint["path"])
