@@ -271,6 +271,10 @@ class TrainConfig:
     # full-precision pre-training clips every activation at model.act_max_init, the clip that the
     # quantized fine-tuning starts from, so fine-tuning starts from the network it quantizes
     pretrain_act_clip: bool = True
+    # fine-tuning learning rate: "step" divides by 1/lr_gamma at lr_milestones (the paper's schedule);
+    # "cosine" anneals per step to 0 over the fine-tuning epochs (milestones unused), which leaves far less
+    # of the result to the last epoch's noise at CPU-scale epoch counts
+    lr_schedule: Literal["step", "cosine"] = "step"
     lr_milestones: list[float] = field(default_factory=lambda: [25 / 35, 30 / 35])
     lr_gamma: float = 0.1
     seed: int = 0

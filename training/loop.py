@@ -9,7 +9,8 @@ carried into fine-tuning.
 
 Phase ``finetune``: the training objective (F plus AG / SSP / baseline parts, training/objective.py), Adam
 at ``train.lr`` (weight decay ``train.weight_decay``), ``MultiStepLR`` dividing by 10 at the paper's
-milestones 25/35 and 30/35 scaled to the epoch count. Building the objective initialises Brevitas' lazily
+milestones 25/35 and 30/35 scaled to the epoch count, or (``train.lr_schedule: cosine``) a per-step cosine
+decay to 0. Building the objective initialises Brevitas' lazily
 initialised weight scales from the pre-trained weights (training.objective.init_weight_scales), so every
 DDP process starts fine-tuning from the same scales whatever SSP draws first.
 
@@ -222,8 +223,14 @@ class _Run:
             objective.ag.load_state_dict(self.pretrained_ag)
         _load_state(objective, state)
         optimizer = torch.optim.Adam(objective.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, finetune_milestones(tcfg.epochs, tcfg.lr_milestones), gamma=tcfg.lr_gamma)
+        per_step = tcfg.lr_schedule == "cosine"
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if per_step:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, tcfg.epochs * len(self.batches)))
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, finetune_milestones(tcfg.epochs, tcfg.lr_milestones), gamma=tcfg.lr_gamma)
         start = _restore_trainer(state, optimizer, scheduler)
         net = self.node.wrap(objective)
 
@@ -232,12 +239,15 @@ class _Run:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_step:
+                scheduler.step()
             return loss.detach()
 
         for epoch in range(start, tcfg.epochs):
             objective.train()
             row = self._epoch("finetune", epoch, tcfg.epochs, step, optimizer)
-            scheduler.step()
+            if not per_step:
+                scheduler.step()
             self.node.share_buffers(objective)
             objective.eval()
             mixed = objective.delta(float(epoch)) > 0  # BN statistics of a mixed-precision epoch
