@@ -93,6 +93,38 @@ def test_resume_after_a_kill_is_bit_identical(uninterrupted, tmp_path, monkeypat
     assert drop_times[: len(full_rows)] == drop_times[len(full_rows):]
 
 
+def test_cosine_schedule_anneals_per_step_to_zero_and_resumes_bit_identically(tmp_path, monkeypatch):
+    import math
+
+    cfg = tiny(tmp_path / "full", "train.lr_schedule=cosine")
+    full = load_checkpoint(train(cfg, progress=False))["model"]
+    rows = json.loads((cfg.run_dir / "metrics.json").read_text())
+    epochs, lr = cfg.train.epochs, cfg.train.lr
+    # logged at each epoch's start: the cosine at whole epochs, whatever the batches per epoch
+    assert [r["lr"] for r in rows[2:]] == pytest.approx(
+        [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)])
+    last = load_checkpoint(cfg.run_dir / "last.pt")["trainer"]["optimizer"]["param_groups"][0]["lr"]
+    assert last == pytest.approx(0.0, abs=1e-12)
+    # killed right after the first fine-tuning epoch's checkpoint, then resumed: the same weights
+    again = tiny(tmp_path / "killed", "train.lr_schedule=cosine")
+    saves = []
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        saves.append(path)
+        if len(saves) == 3:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(again, progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = load_checkpoint(train(again, resume=True, progress=False))["model"]
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key
+
+
 def test_another_seed_gives_other_weights(uninterrupted, tmp_path):
     _, full_path = uninterrupted
     cfg = tiny(tmp_path, "train.seed=1", "train.epochs=0", "train.pretrain_epochs=1")
