@@ -31,17 +31,24 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _build_report(build_dir: Path) -> dict[str, Any] | None:
+    """The finished build's report.json, its recorded outputs checked (hw.report.BuildReport.read)."""
+    from agq.hw.report import REPORT, BuildReport
+
+    return BuildReport.read(build_dir).to_dict() if (build_dir / REPORT).is_file() else None
+
+
 def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: str = BOARD,
             build_missing: bool = True) -> dict[str, Any]:
     """Estimates (LUT/BRAM/DSP, frames/s) and simulated cycles per image, whichever exist."""
     build_dir = build_root / name / board
-    report = _read(build_dir / "report.json")
+    report = _build_report(build_dir)
     model = build_root / name / "model.onnx"
     if report is None and build_missing and model.is_file():
         from agq.hw.build import build_accelerator
 
         build_accelerator(model, board, build_dir, allow_missing_vivado=True)
-        report = _read(build_dir / "report.json")
+        report = _build_report(build_dir)
     out: dict[str, Any] = {"model": name, "board": board, "build_report": str(build_dir / "report.json")}
     if report is None:
         out["missing"] = (f"no {build_dir}/report.json and no {model}: run `make train export build` "

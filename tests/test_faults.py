@@ -332,6 +332,22 @@ def test_rtlsim_names_a_partition_changed_after_the_report(capsys, tmp_path):
         "`agq build` again")
 
 
+def test_hardware_bench_checks_the_recorded_hashes(tmp_path):
+    from agq.bench.hardware import collect
+    from agq.hw.report import REPORT
+
+    (tmp_path / "m").mkdir()
+    build = _fake_build(tmp_path / "m" / "board")
+    report = io.read_json(build / REPORT, "test")
+    report["estimates"] |= {"total": {"LUT": 1, "BRAM_18K": 2, "DSP": 3}, "fps": 4.0, "latency_ms": 0.1,
+                            "board_share": {}}
+    io.write_json(build / REPORT, report)
+    assert collect(tmp_path, "m", "board", build_missing=False)["estimates"]["DSP"] == 3
+    (build / "parent.onnx").write_bytes(b"another build's graph")
+    with pytest.raises(AgqError, match=f"{build / 'parent.onnx'} changed after {build / REPORT}"):
+        collect(tmp_path, "m", "board", build_missing=False)
+
+
 def test_rtlsim_names_a_failed_build(capsys, tmp_path):
     build = _fake_build(tmp_path / "b", status="failed")
     capsys.readouterr()
