@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         report.write_json(out / "zero_grad.json", measure(runs))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
-    path = report.write_readme(out, records)
+    path = report.write_readme(out, records, args.config or accuracy.BASE_CONFIG)
     print(path.read_text())
     print(f"agq bench: wrote {path}")
     return 0

@@ -16,23 +16,26 @@ from agq.bench import cost, hardware, table, zero_grad
 from agq.io import atomic_write_bytes
 from agq.io import write_json as _write_json
 
-TITLE = "2-bit CNN on MNIST (configs/bench/mnist_deep.yaml), test top-1 of the deployed network F"
+
+def title(base: Path | str) -> str:
+    """The accuracy table's title: which base config (bench/rows.py changes it per row)."""
+    return f"Base config `{base}` (agq bench), test top-1 of the deployed network F"
 
 
 def write_json(path: Path, data: Any) -> None:
     _write_json(path, data, indent=1)
 
 
-def write_accuracy(records: list[dict[str, Any]], out: Path, title: str = TITLE) -> str:
+def write_accuracy(records: list[dict[str, Any]], out: Path, heading: str) -> str:
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
     stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
-    write_json(out / "accuracy.json", {"title": title, "rows": stats, "paired": pairs, "gap_closed": gaps,
+    write_json(out / "accuracy.json", {"title": heading, "rows": stats, "paired": pairs, "gap_closed": gaps,
                                         "curves": table.curves(records)})
     png = table.fig3_png(records)
     if png is not None:
         atomic_write_bytes(out / "fig3.png", png)
-    return table.markdown(stats, title, pairs, gaps)
+    return table.markdown(stats, heading, pairs, gaps)
 
 
 def cost_png(report: dict[str, Any]) -> bytes:
@@ -59,13 +62,13 @@ def cost_png(report: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def write_readme(out: Path, records_dir: Path) -> Path:
+def write_readme(out: Path, records_dir: Path, base: Path | str) -> Path:
     """README.md from every result present in ``out``."""
     parts = ["# agq benchmark results", "",
              "Written by `agq bench` (bench/); every number below comes from the files in this folder."]
     records = table.load_records(records_dir) if records_dir.is_dir() else []
     if records:
-        parts += ["", write_accuracy(records, out), "![test accuracy per epoch](fig3.png)"]
+        parts += ["", write_accuracy(records, out, title(base)), "![test accuracy per epoch](fig3.png)"]
     cost_json = out / "cost.json"
     if cost_json.is_file():
         report = json.loads(cost_json.read_text())
