@@ -33,9 +33,11 @@ from agq.errors import AgqError
 
 BASE_CONFIG = Path("bench/mnist_deep")  # a packaged config (agq.configs), found from any folder
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
-# (bit widths included: pre-training runs with every quantizer disabled)
+# (bit widths included: pre-training runs with every quantizer disabled; the output folder, so that a
+# benchmark's runs folder can be moved or renamed with its config)
 SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "train.lr_schedule",
-             "train.lr_milestones", "train.lr_gamma", "model.weight_bits", "model.act_bits")
+             "train.lr_milestones", "train.lr_gamma", "train.output_dir", "model.weight_bits",
+             "model.act_bits")
 ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "baseline.kd": False,
             "baseline.aux_losses": False}
 OWNER = ".owner"  # in the claims folder: pid of the running benchmark

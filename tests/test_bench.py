@@ -95,6 +95,12 @@ def test_shared_pretraining_refuses_a_model_difference():
     other = json.loads(json.dumps(cfg))
     other["ag"]["enabled"] = not cfg["ag"]["enabled"]
     accuracy._check_shareable(cfg, other)  # AG is read by fine-tuning only
+    other["train"] |= {"output_dir": "elsewhere", "lr_schedule": "cosine"}  # a moved or renamed benchmark
+    accuracy._check_shareable(cfg, other)
+    other["train"]["pretrain_epochs"] += 1
+    with pytest.raises(AgqError, match=r"train\.pretrain_epochs"):
+        accuracy._check_shareable(cfg, other)
+    other["train"]["pretrain_epochs"] -= 1
     other["model"]["widths"] = [8, 8, 8]
     with pytest.raises(AgqError, match=r"model\.widths"):
         accuracy._check_shareable(cfg, other)
