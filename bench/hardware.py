@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agq.hw.report import REPORT, BuildReport
+
 DEFAULT_MODEL = "mnist_plain_ag"
 BOARD = "Pynq-Z2"
 RTLSIM_RESULT = Path("bench/results/rtlsim_mnist.json")
@@ -33,8 +35,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _build_report(build_dir: Path) -> dict[str, Any] | None:
     """The finished build's report.json, its recorded outputs checked (hw.report.BuildReport.read)."""
-    from agq.hw.report import REPORT, BuildReport
-
     return BuildReport.read(build_dir).to_dict() if (build_dir / REPORT).is_file() else None
 
 
@@ -49,9 +49,9 @@ def collect(build_root: Path = Path("build"), name: str = DEFAULT_MODEL, board: 
 
         build_accelerator(model, board, build_dir, allow_missing_vivado=True)
         report = _build_report(build_dir)
-    out: dict[str, Any] = {"model": name, "board": board, "build_report": str(build_dir / "report.json")}
+    out: dict[str, Any] = {"model": name, "board": board, "build_report": str(build_dir / REPORT)}
     if report is None:
-        out["missing"] = (f"no {build_dir}/report.json and no {model}: run `make train export build` "
+        out["missing"] = (f"no {build_dir / REPORT} and no {model}: run `make train export build` "
                           f"(CONFIG=configs/{name}.yaml) first")
     else:
         est = report["estimates"]

@@ -63,10 +63,8 @@ def test_tiny_run_learns_and_writes_its_files(uninterrupted):
     assert 100 * correct / len(labels) == meta["metrics"]["test_top1"]
 
 
-@pytest.mark.parametrize("kill_after", [1, 3], ids=["in-pretraining", "in-fine-tuning"])
-def test_resume_after_a_kill_is_bit_identical(uninterrupted, tmp_path, monkeypatch, kill_after):
-    full_cfg, full_path = uninterrupted
-    cfg = tiny(tmp_path)
+def killed_then_resumed(cfg, monkeypatch, kill_after: int):
+    """Train ``cfg``, die right after its ``kill_after``-th checkpoint, resume: the final checkpoint."""
     saves = []
     real_save = loop.save_checkpoint
 
@@ -81,7 +79,14 @@ def test_resume_after_a_kill_is_bit_identical(uninterrupted, tmp_path, monkeypat
         train(cfg, progress=False)
     assert not (cfg.run_dir / "checkpoint.pt").exists()
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = load_checkpoint(train(cfg, resume=True, progress=False))
+    return train(cfg, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("kill_after", [1, 3], ids=["in-pretraining", "in-fine-tuning"])
+def test_resume_after_a_kill_is_bit_identical(uninterrupted, tmp_path, monkeypatch, kill_after):
+    full_cfg, full_path = uninterrupted
+    cfg = tiny(tmp_path)
+    resumed = load_checkpoint(killed_then_resumed(cfg, monkeypatch, kill_after))
     expected = load_checkpoint(full_path)
     assert resumed["model"].keys() == expected["model"].keys()
     for key, value in expected["model"].items():
@@ -107,20 +112,8 @@ def test_cosine_schedule_anneals_per_step_to_zero_and_resumes_bit_identically(tm
     assert last == pytest.approx(0.0, abs=1e-12)
     # killed right after the first fine-tuning epoch's checkpoint, then resumed: the same weights
     again = tiny(tmp_path / "killed", "train.lr_schedule=cosine")
-    saves = []
-    real_save = loop.save_checkpoint
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        saves.append(path)
-        if len(saves) == 3:
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        train(again, progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = load_checkpoint(train(again, resume=True, progress=False))["model"]
+    resumed = load_checkpoint(killed_then_resumed(again, monkeypatch, kill_after=3))["model"]
+    assert resumed.keys() == full.keys()
     for key, value in full.items():
         assert torch.equal(resumed[key], value), key
 

@@ -89,6 +89,18 @@ def finetune_milestones(epochs: int, fractions: list[float]) -> list[int]:
     return sorted({max(1, round(f * epochs)) for f in fractions})
 
 
+def finetune_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig,
+                       batches_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """Fine-tuning's learning-rate scheduler and whether it steps per batch (cosine) or per epoch (step).
+    The step schedule keeps stepping per epoch so that a ``last.pt`` written before ``lr_schedule``
+    existed resumes with its scheduler state as saved."""
+    if tcfg.lr_schedule == "cosine":
+        steps = max(1, tcfg.epochs * batches_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps), True
+    milestones = finetune_milestones(tcfg.epochs, tcfg.lr_milestones)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=tcfg.lr_gamma), False
+
+
 @contextmanager
 def _reproducible(tcfg: TrainConfig, device: torch.device) -> Iterator[None]:
     """Seeds, thread count and deterministic kernels for the run; the process's settings come back after."""
@@ -223,14 +235,7 @@ class _Run:
             objective.ag.load_state_dict(self.pretrained_ag)
         _load_state(objective, state)
         optimizer = torch.optim.Adam(objective.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        per_step = tcfg.lr_schedule == "cosine"
-        scheduler: torch.optim.lr_scheduler.LRScheduler
-        if per_step:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=max(1, tcfg.epochs * len(self.batches)))
-        else:
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, finetune_milestones(tcfg.epochs, tcfg.lr_milestones), gamma=tcfg.lr_gamma)
+        scheduler, per_step = finetune_scheduler(optimizer, tcfg, len(self.batches))
         start = _restore_trainer(state, optimizer, scheduler)
         net = self.node.wrap(objective)
 
