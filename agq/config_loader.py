@@ -96,9 +96,37 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[leaf] = value
 
 
-def load_mapping(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A config file's mapping with the ``--set`` overrides applied."""
+BASE_KEY = "base"  # a training config may name another (a path relative to it) and list only its changes
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of ``path`` on top of the chain of configs its ``base`` keys name."""
+    if path.resolve() in seen:
+        raise AgqError(f"config file {path}: '{BASE_KEY}' leads back to itself")
     data = read_mapping(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise AgqError(f"config file {path}: '{BASE_KEY}' must be a file name, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise AgqError(f"config file {path}: {BASE_KEY}={base!r} names no file ({base_path})")
+    return _merged(_with_bases(base_path, (*seen, path.resolve())), data)
+
+
+def load_mapping(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A config file's mapping (on top of its ``base`` chain) with the ``--set`` overrides applied."""
+    data = _with_bases(path)
     for assignment in overrides or []:
         apply_override(data, assignment)
     return data

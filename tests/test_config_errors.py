@@ -12,6 +12,7 @@ from agq.training import data
 from agq.training.config import ModelConfig, load_config
 
 from agq.cli import main
+from agq.config_loader import differences
 from agq.errors import AgqError
 
 CONFIG = "configs/digits_tiny.yaml"
@@ -121,6 +122,31 @@ def test_empty_config_file_is_refused(capsys, tmp_path, content):
     empty.write_text(content)
     code = main(["train", "--config", str(empty), "--set", f"train.output_dir={tmp_path / 'runs'}"])
     assert_one_line_error(code, capsys.readouterr().err, f"config file {empty} is empty")
+    assert written(tmp_path) == []
+
+
+def test_a_config_on_a_base_lists_only_its_changes(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  widths: [8, 16]\n  depths: [1, 1]\n  strides: [1, 2]\n  act_bits: 4\ntrain:\n  lr: 0.01\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  act_bits: 3\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.epochs=5"])
+    assert (cfg.model.widths, cfg.model.act_bits, cfg.train.lr, cfg.train.epochs) == ([8, 16], 3, 0.01, 5)
+    assert cfg.name == "child"
+    deep, cosine = load_config("bench/mnist_deep").to_dict(), load_config("bench/mnist_cosine").to_dict()
+    assert sorted(key for key, _, _ in differences(deep, cosine)) == [
+        "name", "train.lr_schedule", "train.output_dir", "train.pretrain_epochs"]
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("base: missing.yaml\n", "base='missing.yaml' names no file"),
+    ("base: [a]\n", "'base' must be a file name"),
+    ("base: loop.yaml\n", "'base' leads back to itself"),
+])
+def test_a_bad_base_is_one_line(capsys, tmp_path, content, needle):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(content)
+    code = main(["train", "--config", str(loop), "--set", f"train.output_dir={tmp_path / 'runs'}"])
+    assert_one_line_error(code, capsys.readouterr().err, f"config file {loop}", needle)
     assert written(tmp_path) == []
 
 
