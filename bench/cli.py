@@ -1,9 +1,10 @@
-"""``agq bench [--only accuracy|cost|zero_grad|hw|report] [--seeds N] [--quick] [--from-runs DIR]``.
+"""``agq bench [--only PART|report|convergence] [--seeds N] [--quick] [--from-runs DIR] [--settings A,B]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); hw: FINN estimates and
 RTL-simulation cycles of the default model; report: only rebuild README.md and the tables from the
-results present (e.g. while the accuracy part is still running). Results: bench/results/.
+results present (e.g. while the accuracy part is still running); convergence: accuracy against fine-tuning
+length across the result folders of ``--settings`` (bench/convergence.py). Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ PARTS = ("accuracy", "cost", "zero_grad", "hw")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
-    parser.add_argument("--only", choices=(*PARTS, "report"),
+    parser.add_argument("--only", choices=(*PARTS, "report", "convergence"),
                         help="run one part, or only rebuild the report (default: every part)")
+    parser.add_argument("--settings", help="--only convergence: comma-separated result folders (a name "
+                        "under bench/results or a path) of settings that differ only in fine-tuning epochs")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
     parser.add_argument("--ablation-seeds", type=int, default=5,
                         help="seeds of the ablation rows (default 5)")
@@ -52,6 +55,15 @@ def run(args: argparse.Namespace) -> int:
     rows = args.rows.split(",") if args.rows else None
     for name in rows or []:
         row(name)  # an unknown row stops here, before anything runs
+    if args.only == "convergence":
+        from agq.bench.convergence import write
+
+        if not args.settings:
+            raise AgqError("--only convergence needs --settings A,B,... (result folders to compare)")
+        names = args.settings.split(",")
+        folders = {n: Path(n) if Path(n).exists() else Path("bench/results") / n for n in names}
+        print(write(folders, args.out or Path("bench/results/convergence")))
+        return 0
     if args.from_runs is not None:
         from agq.bench.fill_table import records_from_runs
 

@@ -123,14 +123,19 @@ def gap_recovered(records: list[dict[str, Any]], method: str) -> dict[str, Any] 
     return None if residual == plain else {"share": (other - plain) / (residual - plain), "seeds": seeds}
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
+def cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
     std = "" if entry["std"] is None else f" ± {entry['std']:.2f}"
     return f"{entry['mean']:.2f}{std}"
 
 
-def _interval(entry: dict[str, Any]) -> str:
+def signed_values(entry: dict[str, Any]) -> str:
+    """The per-seed values of a paired difference, signed."""
+    return ", ".join(f"{v:+.2f}" for v in entry["values"])
+
+
+def interval(entry: dict[str, Any]) -> str:
     if entry.get("ci95") is None:
         return "-"
     return f"[{entry['mean'] - entry['ci95']:+.2f}, {entry['mean'] + entry['ci95']:+.2f}]"
@@ -146,8 +151,8 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
     for row in ROWS:
         if row.group == "main" and row.name in stats and "test_F_top1" in stats[row.name]:
             s = stats[row.name]
-            lines.append(f"| {row.label} | {_cell(s.get('test_F_top1'))} | {_cell(s.get('test_F_top5'))} | "
-                         f"{_cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
+            lines.append(f"| {row.label} | {cell(s.get('test_F_top1'))} | {cell(s.get('test_F_top5'))} | "
+                         f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",
@@ -157,7 +162,7 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
     if pairs:
         lines += ["", "### Paired differences (same seed, same pre-trained start), top-1 points", "",
                   "| difference | mean ± std | 95 % CI of the mean | per seed |", "|---|---|---|---|"]
-        lines += [f"| {name} | {_cell(p)} | {_interval(p)} | {', '.join(f'{v:+.2f}' for v in p['values'])} |"
+        lines += [f"| {name} | {cell(p)} | {interval(p)} | {signed_values(p)} |"
                   for name, p in pairs.items()]
     for title_, entries in ABLATIONS:
         present = [(n, label, stats[n][METRIC]) for n, label in entries if n in stats]
@@ -169,7 +174,7 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             for _, label, e in present:
                 pairs_ = zip(e["seeds"], e["values"], strict=True)
                 shared = statistics.fmean(v for s, v in pairs_ if s in common)
-                lines.append(f"| {label} | {_cell(e)} | {e['n']} | {shared:.2f} |")
+                lines.append(f"| {label} | {cell(e)} | {e['n']} | {shared:.2f} |")
     lines.append("\nMean ± sample standard deviation over seeds (n - 1 in the denominator).")
     return "\n".join(lines) + "\n"
 

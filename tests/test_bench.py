@@ -159,3 +159,43 @@ def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
     assert "| residual - plain | 4.75 ± 0.35 |" in readme
     assert not (tmp_path / "cost.json").exists() and sorted(p.name for p in runs.iterdir()) == [
         "plain_s0.json", "plain_s1.json", "residual_s0.json", "residual_s1.json"]
+
+
+def _setting(folder, epochs: int, rows: dict[str, list[float]], lr: float = 1e-3) -> None:
+    """A results folder of one setting: each row's final top-1 per seed, configs as agq bench writes them."""
+    runs = folder / "runs"
+    runs.mkdir(parents=True)
+    for name, values in rows.items():
+        length = epochs * row(name).epoch_factor
+        for seed, value in enumerate(values):
+            rec = record(name, seed, [value], arch=row(name).arch)
+            rec["config"] = {"name": f"{name}_s{seed}", "model": {"arch": row(name).arch},
+                             "train": {"epochs": length, "seed": seed, "lr": lr, "output_dir": str(folder)}}
+            (runs / f"{name}_s{seed}.json").write_text(json.dumps(rec))
+
+
+def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_path, capsys):
+    from agq.bench import convergence
+
+    _setting(tmp_path / "short", 2, {"plain": [90.0, 91.0, 92.0], "plain_2x": [93.0, 93.0, 95.0],
+                                     "residual": [96.0, 96.5, 97.0]})
+    _setting(tmp_path / "long", 4, {"plain": [93.0, 93.0, 95.0], "plain_2x": [93.5, 92.0, 95.0]})
+    folders = {"short": tmp_path / "short", "long": tmp_path / "long"}
+    md = convergence.write(folders, tmp_path / "out")
+    result = json.loads((tmp_path / "out" / "convergence.json").read_text())
+    plain = result["curves"]["plain"]
+    assert sorted(plain, key=int) == ["2", "4", "8"] and result["shared_runs"] == 3  # plain_2x(2) = plain(4)
+    assert plain["4"]["gain"]["values"] == [3.0, 2.0, 3.0] and plain["4"]["previous"] == 2
+    assert plain["8"]["gain"]["values"] == [0.5, -1.0, 0.0]
+    assert result["gap"]["2"]["values"] == [6.0, 5.5, 5.0] and list(result["gap"]) == ["2"]
+    assert "| plain | 8 | 93.50 ± 1.50 | 3 | vs 4: -0.17 ± 0.76 [-2.06, +1.73] | +0.50, -1.00, +0.00 |" in md
+
+    _setting(tmp_path / "other", 4, {"plain": [93.0, 93.1, 95.0]})  # seed 1 differs from short's plain_2x
+    with pytest.raises(AgqError, match=r"setting other: plain at 4 epochs, seed 1, gives 93.1 but 93.0"):
+        convergence.write({"short": tmp_path / "short", "other": tmp_path / "other"}, tmp_path / "out2")
+    _setting(tmp_path / "lr", 4, {"plain": [93.0, 93.0, 95.0]}, lr=1e-2)
+    with pytest.raises(AgqError, match=r"short and lr differ in config key train\.lr \(0\.001 vs 0\.01\)"):
+        convergence.write({"short": tmp_path / "short", "lr": tmp_path / "lr"}, tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+    assert main(["bench", "--only", "convergence"]) == 2
+    assert "--only convergence needs --settings" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Accuracy against fine-tuning length, across benchmark settings that differ in nothing else.
+
+The convergence test of the benchmark: a setting's fine-tuning is converged when the compute-matched plain
+row (twice the epochs) no longer gains on plain beyond noise. Settings that share network, data, seeds and
+pre-training but fine-tune for 6, 12, 24 ... epochs put the plain and residual baselines on one curve per
+architecture: each length is compared with the next shorter one seed by seed (both runs start from the same
+pre-trained weights), and the plain-to-residual gap is given at every length both curves have.
+
+A run found in two settings (the plain_2x row of one is the plain row of the next) is the same computation
+on the same start, and CPU training is deterministic: such pairs must give the same number. The report
+counts them and stops on a difference, so that pairing across settings is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agq.bench import table
+
+from agq.config_loader import differences
+from agq.errors import AgqError
+from agq.io import atomic_write_bytes, write_json
+
+CURVES = {"plain": "plain", "plain_2x": "plain", "residual": "residual"}  # baseline row -> curve
+# keys in which runs on these curves may differ: their length and what names, seeds and places a run
+FREE = ("name", "train.epochs", "ssp.decay_epochs", "train.output_dir", "train.seed", "model.arch")
+COSINE_UNUSED = ("train.lr_milestones", "train.lr_gamma")  # the step schedule's keys, unread by the cosine
+
+Point = dict[int, float]  # seed -> final test top-1 of F
+
+
+def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[int, Point]], int]:
+    """{curve: {fine-tuning epochs: {seed: top-1}}} from the baseline rows of every setting's records, and
+    how many runs two settings share (checked equal)."""
+    curves: dict[str, dict[int, Point]] = {}
+    first: tuple[str, dict[str, Any]] | None = None
+    shared = 0
+    for name, records in settings.items():
+        for record in records:
+            curve = CURVES.get(record["row"])
+            value = table.final_value(record)
+            if curve is None or value is None:
+                continue
+            if "config" not in record:
+                raise AgqError(f"setting {name}: record {record['row']}_s{record['seed']} has no config")
+            config = record["config"]
+            if first is None:
+                first = (name, config)
+            cosine = first[1]["train"].get("lr_schedule") == config["train"].get("lr_schedule") == "cosine"
+            bad = differences(first[1], config, FREE + COSINE_UNUSED if cosine else FREE)
+            if bad:
+                key, a, b = bad[0]
+                raise AgqError(f"settings {first[0]} and {name} differ in config key {key} ({a!r} vs {b!r}): "
+                               "only the fine-tuning length may differ")
+            points = curves.setdefault(curve, {}).setdefault(int(config["train"]["epochs"]), {})
+            seed = int(record["seed"])
+            if seed in points:
+                if points[seed] != value:
+                    raise AgqError(f"setting {name}: {curve} at {config['train']['epochs']} epochs, seed "
+                                   f"{seed}, gives {value} but {points[seed]} in another setting (same run)")
+                shared += 1
+            points[seed] = value
+    if not curves:
+        raise AgqError(f"no plain, plain_2x or residual records in the settings {', '.join(settings)}")
+    return curves, shared
+
+
+def _paired(a: Point, b: Point) -> dict[str, Any] | None:
+    seeds = sorted(set(a) & set(b))
+    return table.summarize({s: a[s] - b[s] for s in seeds}) if seeds else None
+
+
+def analyse(curves: dict[str, dict[int, Point]]) -> dict[str, Any]:
+    """Per curve and length: the summary over seeds and the paired gain on the next shorter length; per
+    length both curves have: residual - plain."""
+    out: dict[str, Any] = {"curves": {}, "gap": {}}
+    for curve, lengths in curves.items():
+        epochs = sorted(lengths)
+        out["curves"][curve] = {
+            e: {"top1": table.summarize(lengths[e]),
+                "gain": _paired(lengths[e], lengths[epochs[i - 1]]) if i else None,
+                "previous": epochs[i - 1] if i else None}
+            for i, e in enumerate(epochs)}
+    for e in sorted(set(curves.get("plain", {})) & set(curves.get("residual", {}))):
+        out["gap"][e] = _paired(curves["residual"][e], curves["plain"][e])
+    return out
+
+
+def _diff(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "- | -"
+    return f"{table.cell(entry)} {table.interval(entry)} | {table.signed_values(entry)}"
+
+
+def markdown(result: dict[str, Any], names: list[str], shared: int) -> str:
+    lines = [f"## Fine-tuning length: settings {', '.join(f'`{n}`' for n in names)}", "",
+             "Test top-1 % of F after fine-tuning for the given epochs; a gain is the paired difference to "
+             "the next shorter length (same seeds, same pre-trained start), mean ± std [95 % CI].", "",
+             "| curve | epochs | top-1 % (F) | seeds | gain on the shorter length | per seed |",
+             "|---|---|---|---|---|---|"]
+    for curve, lengths in result["curves"].items():
+        for e, entry in lengths.items():
+            previous = f"vs {entry['previous']}: " if entry["previous"] else ""
+            lines.append(f"| {curve} | {e} | {table.cell(entry['top1'])} | {entry['top1']['n']} | "
+                         f"{previous}{_diff(entry['gain'])} |")
+    lines += ["", "| epochs | residual - plain | per seed |", "|---|---|---|"]
+    lines += [f"| {e} | {_diff(gap)} |" for e, gap in result["gap"].items()]
+    lines += ["", f"Runs found in two settings (checked identical): {shared}."]
+    return "\n".join(lines)
+
+
+def write(folders: dict[str, Path], out: Path) -> str:
+    """convergence.json and README.md in ``out`` from the run records of the result ``folders`` (by the
+    settings' names)."""
+    settings = {}
+    for name, folder in folders.items():
+        if not (folder / "runs").is_dir():
+            raise AgqError(f"benchmark results folder {folder} has no runs/ of records")
+        settings[name] = table.load_records(folder / "runs")
+    curves, shared = collect(settings)
+    result = analyse(curves)
+    md = markdown(result, list(settings), shared)
+    out.mkdir(parents=True, exist_ok=True)
+    where = {n: str(f) for n, f in folders.items()}
+    write_json(out / "convergence.json", {"settings": where, "shared_runs": shared, **result}, indent=1)
+    atomic_write_bytes(out / "README.md", ("# agq benchmark: convergence\n\n" + md + "\n").encode())
+    return md
