@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 PARTS = ("accuracy", "cost", "zero_grad", "hw")
+RESULTS = Path("bench/results")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.settings:
             raise AgqError("--only convergence needs --settings A,B,... (result folders to compare)")
         names = args.settings.split(",")
-        folders = {n: Path(n) if Path(n).exists() else Path("bench/results") / n for n in names}
-        print(write(folders, args.out or Path("bench/results/convergence")))
+        folders = {n: Path(n) if Path(n).exists() else RESULTS / n for n in names}
+        print(write(folders, args.out or RESULTS / "convergence"))
         return 0
     if args.from_runs is not None:
         from agq.bench.fill_table import records_from_runs
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(md)
         return 0
     # another base config gets its own folder, so that its records never mix with the MNIST ones
-    default = Path("bench/results") / ("quick" if args.quick else args.config.stem if args.config else "")
+    default = RESULTS / ("quick" if args.quick else args.config.stem if args.config else "")
     out = args.out or default
     records = out / "runs"
     parts = [] if args.only == "report" else [args.only] if args.only else list(PARTS)

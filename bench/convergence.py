@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.bench import table
+from agq.training.config import config_from_dict
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -44,7 +45,11 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[i
                 continue
             if "config" not in record:
                 raise AgqError(f"setting {name}: record {record['row']}_s{record['seed']} has no config")
-            config = record["config"]
+            # through today's dataclasses: a key added since a record was written counts with its default
+            try:
+                config = config_from_dict(record["config"]).to_dict()
+            except AgqError as exc:
+                raise AgqError(f"setting {name}: record {record['row']}_s{record['seed']}: {exc}") from None
             if first is None:
                 first = (name, config)
             cosine = first[1]["train"].get("lr_schedule") == config["train"].get("lr_schedule") == "cosine"
@@ -66,11 +71,6 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[i
     return curves, shared
 
 
-def _paired(a: Point, b: Point) -> dict[str, Any] | None:
-    seeds = sorted(set(a) & set(b))
-    return table.summarize({s: a[s] - b[s] for s in seeds}) if seeds else None
-
-
 def analyse(curves: dict[str, dict[int, Point]]) -> dict[str, Any]:
     """Per curve and length: the summary over seeds and the paired gain on the next shorter length; per
     length both curves have: residual - plain."""
@@ -79,11 +79,11 @@ def analyse(curves: dict[str, dict[int, Point]]) -> dict[str, Any]:
         epochs = sorted(lengths)
         out["curves"][curve] = {
             e: {"top1": table.summarize(lengths[e]),
-                "gain": _paired(lengths[e], lengths[epochs[i - 1]]) if i else None,
+                "gain": table.difference(lengths[e], lengths[epochs[i - 1]]) if i else None,
                 "previous": epochs[i - 1] if i else None}
             for i, e in enumerate(epochs)}
     for e in sorted(set(curves.get("plain", {})) & set(curves.get("residual", {}))):
-        out["gap"][e] = _paired(curves["residual"][e], curves["plain"][e])
+        out["gap"][e] = table.difference(curves["residual"][e], curves["plain"][e])
     return out
 
 

@@ -96,15 +96,17 @@ PAIRS = (("residual", "plain"), ("plain_ag", "plain"), ("plain_ag_two_pass", "pl
          ("ssp_layer", "plain_ag"), ("ssp_layer_wa", "plain_ag"))
 
 
+def difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """``a - b`` seed by seed over the seeds both have, summarised (None when they share none)."""
+    seeds = sorted(set(a) & set(b))
+    return summarize({s: a[s] - b[s] for s in seeds}) if seeds else None
+
+
 def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per pair of rows, the difference of F's final top-1 seed by seed (seeds both rows have)."""
     values = per_seed(records)
-    out = {}
-    for a, b in PAIRS:
-        seeds = sorted(set(values.get(a, {})) & set(values.get(b, {})))
-        if seeds:
-            out[f"{a} - {b}"] = summarize({s: values[a][s] - values[b][s] for s in seeds})
-    return out
+    pairs = {f"{a} - {b}": difference(values.get(a, {}), values.get(b, {})) for a, b in PAIRS}
+    return {name: entry for name, entry in pairs.items() if entry is not None}
 
 
 GAP_METHODS = ("plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_aux", "plain_2x",

@@ -170,6 +170,7 @@ def _setting(folder, epochs: int, rows: dict[str, list[float]], lr: float = 1e-3
         for seed, value in enumerate(values):
             rec = record(name, seed, [value], arch=row(name).arch)
             rec["config"] = {"name": f"{name}_s{seed}", "model": {"arch": row(name).arch},
+                             "ssp": {"decay_epochs": round(accuracy.SSP_DECAY_FRACTION * length, 4)},
                              "train": {"epochs": length, "seed": seed, "lr": lr, "output_dir": str(folder)}}
             (runs / f"{name}_s{seed}.json").write_text(json.dumps(rec))
 
@@ -196,6 +197,13 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     _setting(tmp_path / "lr", 4, {"plain": [93.0, 93.0, 95.0]}, lr=1e-2)
     with pytest.raises(AgqError, match=r"short and lr differ in config key train\.lr \(0\.001 vs 0\.01\)"):
         convergence.write({"short": tmp_path / "short", "lr": tmp_path / "lr"}, tmp_path / "out3")
-    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+    _setting(tmp_path / "bad", 4, {"plain": [93.0]})
+    broken = tmp_path / "bad" / "runs" / "plain_s0.json"
+    rec = json.loads(broken.read_text())
+    rec["config"]["train"]["epochs"] = -1
+    broken.write_text(json.dumps(rec))
+    with pytest.raises(AgqError, match=r"setting bad: record plain_s0: .*train\.epochs"):
+        convergence.write({"short": tmp_path / "short", "bad": tmp_path / "bad"}, tmp_path / "out4")
+    assert not any((tmp_path / f"out{k}").exists() for k in (2, 3, 4))
     assert main(["bench", "--only", "convergence"]) == 2
     assert "--only convergence needs --settings" in capsys.readouterr().err
