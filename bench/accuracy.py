@@ -95,10 +95,9 @@ def training_code_hash() -> str:
 
 
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
-    from agq.training.config import config_from_dict
+    from agq.training.config import saved_config
 
-    # through today's dataclasses, so that a key added since the pre-training counts with its default
-    a = config_from_dict(pretrained).to_dict()
+    a = saved_config(pretrained, "cannot share pre-training: its config is no longer valid")
     shareable = SHAREABLE
     if a["ag"]["enabled"] and a["ag"]["pretrain"]:  # H was pre-trained too: the row must use that H
         shareable = tuple(k for k in SHAREABLE if k != "ag.")
@@ -148,7 +147,7 @@ class Runner:
 
     def run(self, job: Job) -> dict[str, Any]:
         from agq.training.checkpoint import load_checkpoint, save_checkpoint
-        from agq.training.config import config_from_dict
+        from agq.training.config import saved_config
         from agq.training.loop import train
 
         from agq.io import write_json
@@ -163,9 +162,8 @@ class Runner:
             while not self.done(pre):  # another worker is pre-training it
                 time.sleep(5)
             last = cfg.run_dir / "last.pt"
-            # through today's dataclasses: a key added since the last.pt was written takes its default
             saved = load_checkpoint(last)["config"] if last.is_file() else None
-            own = saved is not None and config_from_dict(saved).to_dict() == cfg.to_dict()
+            own = saved is not None and saved_config(saved, f"run {last}") == cfg.to_dict()
             if not own:  # start from the shared pre-training (see the module docstring)
                 payload = load_checkpoint(self.config(pre).run_dir / "last.pt")
                 _check_shareable(payload["config"], cfg.to_dict())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.bench import table
-from agq.training.config import config_from_dict
+from agq.training.config import saved_config
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -43,13 +43,10 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[i
             value = table.final_value(record)
             if curve is None or value is None:
                 continue
+            where = f"setting {name}: record {record['row']}_s{record['seed']}"
             if "config" not in record:
-                raise AgqError(f"setting {name}: record {record['row']}_s{record['seed']} has no config")
-            # through today's dataclasses: a key added since a record was written counts with its default
-            try:
-                config = config_from_dict(record["config"]).to_dict()
-            except AgqError as exc:
-                raise AgqError(f"setting {name}: record {record['row']}_s{record['seed']}: {exc}") from None
+                raise AgqError(f"{where} has no config")
+            config = saved_config(record["config"], where)
             if first is None:
                 first = (name, config)
             cosine = first[1]["train"].get("lr_schedule") == config["train"].get("lr_schedule") == "cosine"

@@ -334,6 +334,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return from_mapping(Config, data)
 
 
+def saved_config(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config saved by an earlier run (checkpoint, benchmark record) as today's dataclasses read it, so
+    that keys added since it was written take their defaults (which keep the old behaviour) instead of
+    counting as differences; one that no longer validates is an error prefixed by ``where``."""
+    try:
+        return config_from_dict(data).to_dict()
+    except AgqError as err:
+        raise AgqError(f"{where}: {err}") from None
+
+
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (a path, or the name of a packaged config such as ``mnist_plain_ag``), apply
     ``key=value`` overrides (YAML-typed), validate; an error names the file."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from agq.training.checkpoint import load_checkpoint
-from agq.training.config import Config, config_from_dict
+from agq.training.config import Config, saved_config
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -46,12 +46,7 @@ def resume_state(cfg: Config, path: Path) -> dict[str, Any]:
     payload = load_checkpoint(path)
     if "trainer" not in payload:
         raise AgqError(f"cannot resume from {path}: it holds no trainer state")
-    # Through the dataclasses, so that keys added since the checkpoint was written take their defaults
-    # (which keep the old behaviour) instead of counting as differences.
-    try:
-        saved = config_from_dict(payload["config"]).to_dict()
-    except AgqError as err:
-        raise AgqError(f"cannot resume from {path}: its config is no longer valid: {err}") from None
+    saved = saved_config(payload["config"], f"cannot resume from {path}: its config is no longer valid")
     diffs = differences(saved, cfg.to_dict(), MAY_DIFFER)
     if diffs:
         key, saved, current = diffs[0]
