@@ -6,6 +6,11 @@ pre-training but fine-tune for 6, 12, 24 ... epochs put the plain and residual b
 architecture: each length is compared with the next shorter one seed by seed (both runs start from the same
 pre-trained weights), and the plain-to-residual gap is given at every length both curves have.
 
+Two more readings: plain with twice the epochs against residual (the compute-matched comparison at every
+length), and how much each run's test top-1 still moves over its last ``TAIL`` epochs (the sample standard
+deviation), which says how far apart two final numbers may be by chance even where the learning rate is
+near zero.
+
 A run found in two settings (the plain_2x row of one is the plain row of the next) is the same computation
 on the same start, and CPU training is deterministic: such pairs must give the same number. The report
 counts them and stops on a difference, so that pairing across settings is checked, not assumed.
@@ -13,6 +18,7 @@ counts them and stops on a difference, so that pairing across settings is checke
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +34,17 @@ CURVES = {"plain": "plain", "plain_2x": "plain", "residual": "residual"}  # base
 FREE = ("name", "train.epochs", "ssp.decay_epochs", "train.output_dir", "train.seed", "model.arch")
 COSINE_UNUSED = ("train.lr_milestones", "train.lr_gamma")  # the step schedule's keys, unread by the cosine
 
-Point = dict[int, float]  # seed -> final test top-1 of F
+TAIL = 5  # last fine-tuning epochs over which a run's spread is measured
+Point = dict[int, float]  # seed -> final test top-1 of F (or a run's spread over its last TAIL epochs)
+Curves = dict[str, dict[int, Point]]  # curve -> fine-tuning epochs -> Point
 
 
-def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[int, Point]], int]:
-    """{curve: {fine-tuning epochs: {seed: top-1}}} from the baseline rows of every setting's records, and
-    how many runs two settings share (checked equal)."""
-    curves: dict[str, dict[int, Point]] = {}
+def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[Curves, Curves, int]:
+    """{curve: {fine-tuning epochs: {seed: top-1}}} from the baseline rows of every setting's records, the
+    same for each run's spread over its last TAIL epochs (runs with fewer than 2 TAIL have none), and how many
+    runs two settings share (checked equal)."""
+    curves: Curves = {}
+    spreads: Curves = {}
     first: tuple[str, dict[str, Any]] | None = None
     shared = 0
     for name, records in settings.items():
@@ -55,7 +65,8 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[i
                 key, a, b = bad[0]
                 raise AgqError(f"settings {first[0]} and {name} differ in config key {key} ({a!r} vs {b!r}): "
                                "only the fine-tuning length may differ")
-            points = curves.setdefault(curve, {}).setdefault(int(config["train"]["epochs"]), {})
+            epochs = int(config["train"]["epochs"])
+            points = curves.setdefault(curve, {}).setdefault(epochs, {})
             seed = int(record["seed"])
             if seed in points:
                 if points[seed] != value:
@@ -63,25 +74,37 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, dict[i
                                    f"{seed}, gives {value} but {points[seed]} in another setting (same run)")
                 shared += 1
             points[seed] = value
+            measured = table.epoch_values(record)
+            if len(measured) >= 2 * TAIL:  # the window in the run's second half, past the quantization shock
+                spread = statistics.stdev(measured[-TAIL:])
+                spreads.setdefault(curve, {}).setdefault(epochs, {})[seed] = spread
     if not curves:
         raise AgqError(f"no plain, plain_2x or residual records in the settings {', '.join(settings)}")
-    return curves, shared
+    return curves, spreads, shared
 
 
-def analyse(curves: dict[str, dict[int, Point]]) -> dict[str, Any]:
-    """Per curve and length: the summary over seeds and the paired gain on the next shorter length; per
-    length both curves have: residual - plain."""
-    out: dict[str, Any] = {"curves": {}, "gap": {}}
+def analyse(curves: Curves, spreads: Curves) -> dict[str, Any]:
+    """Per curve and length: the summary over seeds, the paired gain on the next shorter length and the
+    runs' spread over their last epochs; per residual length: residual - plain at that length and plain at
+    twice the epochs - residual, where plain has them."""
+    out: dict[str, Any] = {"curves": {}, "gap": {}, "twice": {}}
+    plain, residual = curves.get("plain", {}), curves.get("residual", {})
     for curve, lengths in curves.items():
         epochs = sorted(lengths)
         out["curves"][curve] = {
             e: {"top1": table.summarize(lengths[e]),
                 "gain": table.difference(lengths[e], lengths[epochs[i - 1]]) if i else None,
-                "previous": epochs[i - 1] if i else None}
+                "previous": epochs[i - 1] if i else None,
+                "spread": table.summarize(spreads[curve][e]) if e in spreads.get(curve, {}) else None}
             for i, e in enumerate(epochs)}
-    for e in sorted(set(curves.get("plain", {})) & set(curves.get("residual", {}))):
-        out["gap"][e] = table.difference(curves["residual"][e], curves["plain"][e])
+    for e in sorted(residual):
+        out["gap"][e] = table.difference(residual[e], plain[e]) if e in plain else None
+        out["twice"][e] = table.difference(plain[2 * e], residual[e]) if 2 * e in plain else None
     return out
+
+
+def _spread(entry: dict[str, Any] | None) -> str:
+    return "-" if entry is None else f"{entry['mean']:.2f} ({max(entry['values']):.2f})"
 
 
 def _diff(entry: dict[str, Any] | None) -> str:
@@ -93,16 +116,19 @@ def _diff(entry: dict[str, Any] | None) -> str:
 def markdown(result: dict[str, Any], names: list[str], shared: int) -> str:
     lines = [f"## Fine-tuning length: settings {', '.join(f'`{n}`' for n in names)}", "",
              "Test top-1 % of F after fine-tuning for the given epochs; a gain is the paired difference to "
-             "the next shorter length (same seeds, same pre-trained start), mean ± std [95 % CI].", "",
-             "| curve | epochs | top-1 % (F) | seeds | gain on the shorter length | per seed |",
-             "|---|---|---|---|---|---|"]
+             "the next shorter length (same seeds, same pre-trained start), mean ± std [95 % CI]; the "
+             f"spread is each run's standard deviation of test top-1 over its last {TAIL} epochs, mean "
+             "(largest) over the seeds.", "",
+             "| curve | epochs | top-1 % (F) | seeds | gain on the shorter length | per seed | "
+             f"spread, last {TAIL} epochs |", "|---|---|---|---|---|---|---|"]
     for curve, lengths in result["curves"].items():
         for e, entry in lengths.items():
             previous = f"vs {entry['previous']}: " if entry["previous"] else ""
             lines.append(f"| {curve} | {e} | {table.cell(entry['top1'])} | {entry['top1']['n']} | "
-                         f"{previous}{_diff(entry['gain'])} |")
-    lines += ["", "| epochs | residual - plain | per seed |", "|---|---|---|"]
-    lines += [f"| {e} | {_diff(gap)} |" for e, gap in result["gap"].items()]
+                         f"{previous}{_diff(entry['gain'])} | {_spread(entry['spread'])} |")
+    lines += ["", "| epochs (residual) | residual - plain | per seed | "
+              "plain at twice the epochs - residual | per seed |", "|---|---|---|---|---|"]
+    lines += [f"| {e} | {_diff(gap)} | {_diff(result['twice'][e])} |" for e, gap in result["gap"].items()]
     lines += ["", f"Runs found in two settings (checked identical): {shared}."]
     return "\n".join(lines)
 
@@ -115,8 +141,8 @@ def write(folders: dict[str, Path], out: Path) -> str:
         if not (folder / "runs").is_dir():
             raise AgqError(f"benchmark results folder {folder} has no runs/ of records")
         settings[name] = table.load_records(folder / "runs")
-    curves, shared = collect(settings)
-    result = analyse(curves)
+    curves, spreads, shared = collect(settings)
+    result = analyse(curves, spreads)
     md = markdown(result, list(settings), shared)
     out.mkdir(parents=True, exist_ok=True)
     where = {n: str(f) for n, f in folders.items()}

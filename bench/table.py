@@ -35,9 +35,14 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+def epoch_values(record: dict[str, Any], phase: str = "finetune", metric: str = METRIC) -> list[float]:
+    """``metric`` after each epoch of ``phase`` that measured it, in order."""
+    return [h[metric] for h in record["history"] if h.get("phase") == phase and h.get(metric) is not None]
+
+
 def final_value(record: dict[str, Any], phase: str = "finetune", metric: str = METRIC) -> float | None:
     """``metric`` after the last epoch of ``phase`` (None when the run has no such epoch)."""
-    values = [h[metric] for h in record["history"] if h.get("phase") == phase and h.get(metric) is not None]
+    values = epoch_values(record, phase, metric)
     return values[-1] if values else None
 
 

@@ -161,14 +161,15 @@ def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
         "plain_s0.json", "plain_s1.json", "residual_s0.json", "residual_s1.json"]
 
 
-def _setting(folder, epochs: int, rows: dict[str, list[float]], lr: float = 1e-3) -> None:
-    """A results folder of one setting: each row's final top-1 per seed, configs as agq bench writes them."""
+def _setting(folder, epochs: int, rows: dict[str, list], lr: float = 1e-3) -> None:
+    """A results folder of one setting: each row's final top-1 per seed (or its fine-tuning epochs' top-1),
+    configs as agq bench writes them."""
     runs = folder / "runs"
     runs.mkdir(parents=True)
     for name, values in rows.items():
         length = epochs * row(name).epoch_factor
         for seed, value in enumerate(values):
-            rec = record(name, seed, [value], arch=row(name).arch)
+            rec = record(name, seed, value if isinstance(value, list) else [value], arch=row(name).arch)
             rec["config"] = {"name": f"{name}_s{seed}", "model": {"arch": row(name).arch},
                              "ssp": {"decay_epochs": round(accuracy.SSP_DECAY_FRACTION * length, 4)},
                              "train": {"epochs": length, "seed": seed, "lr": lr, "output_dir": str(folder)}}
@@ -180,7 +181,8 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
 
     _setting(tmp_path / "short", 2, {"plain": [90.0, 91.0, 92.0], "plain_2x": [93.0, 93.0, 95.0],
                                      "residual": [96.0, 96.5, 97.0]})
-    _setting(tmp_path / "long", 4, {"plain": [93.0, 93.0, 95.0], "plain_2x": [93.5, 92.0, 95.0]})
+    ten_epochs = [80.0, 90.0, 91.0, 92.0, 92.0, 93.0, 93.5, 93.5, 94.0, 93.5]  # last five: std sqrt(0.125)
+    _setting(tmp_path / "long", 4, {"plain": [93.0, 93.0, 95.0], "plain_2x": [ten_epochs, 92.0, 95.0]})
     folders = {"short": tmp_path / "short", "long": tmp_path / "long"}
     md = convergence.write(folders, tmp_path / "out")
     result = json.loads((tmp_path / "out" / "convergence.json").read_text())
@@ -189,7 +191,11 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     assert plain["4"]["gain"]["values"] == [3.0, 2.0, 3.0] and plain["4"]["previous"] == 2
     assert plain["8"]["gain"]["values"] == [0.5, -1.0, 0.0]
     assert result["gap"]["2"]["values"] == [6.0, 5.5, 5.0] and list(result["gap"]) == ["2"]
-    assert "| plain | 8 | 93.50 ± 1.50 | 3 | vs 4: -0.17 ± 0.76 [-2.06, +1.73] | +0.50, -1.00, +0.00 |" in md
+    assert result["twice"]["2"]["values"] == [-3.0, -3.5, -2.0]  # plain at 4 epochs - residual at 2
+    assert plain["8"]["spread"]["values"] == [pytest.approx(0.125 ** 0.5)] and plain["4"]["spread"] is None
+    assert "| 2 | 5.50 ± 0.50 [+4.26, +6.74] | +6.00, +5.50, +5.00 | -2.83 ± 0.76 [-4.73, -0.94] |" in md
+    assert ("| plain | 8 | 93.50 ± 1.50 | 3 | vs 4: -0.17 ± 0.76 [-2.06, +1.73] | +0.50, -1.00, +0.00 | "
+            "0.35 (0.35) |") in md
 
     _setting(tmp_path / "other", 4, {"plain": [93.0, 93.1, 95.0]})  # seed 1 differs from short's plain_2x
     with pytest.raises(AgqError, match=r"setting other: plain at 4 epochs, seed 1, gives 93.1 but 93.0"):
