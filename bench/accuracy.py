@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -133,9 +134,30 @@ class Runner:
         return self.records / f"{job.key}.json"
 
     def done(self, job: Job) -> bool:
+        path = self.record_path(job)
+        if not path.is_file():
+            return False
+        self._check_record_config(job, path)
         if job.row == PRETRAIN:  # rows need its trainer state as well as its record
-            return self.record_path(job).is_file() and (self.config(job).run_dir / "last.pt").is_file()
-        return self.record_path(job).is_file()
+            return (self.config(job).run_dir / "last.pt").is_file()
+        return True
+
+    def _check_record_config(self, job: Job, path: Path) -> None:
+        """A record run under another config (the setting's YAML edited since) would be counted as this
+        setting's result; overwriting it would lose a finished run, so the user decides."""
+        from agq.training.config import saved_config
+
+        from agq.io import read_json
+
+        data = read_json(path, "agq bench --only accuracy")
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise AgqError(f"{path} is not a benchmark record (no config); move it away")
+        bad = differences(saved_config(data["config"], str(path)), self.config(job).to_dict(),
+                          ignore=("train.output_dir",))  # a benchmark's run folders may move
+        if bad:
+            key, old, new = bad[0]
+            raise AgqError(f"{path} was run with {key}={old!r}, the config now gives {new!r}: "
+                           "move the record away to run it again, or restore the config")
 
     def claim(self, job: Job) -> bool:
         self.claims.mkdir(parents=True, exist_ok=True)
@@ -203,10 +225,33 @@ def _refuse_second_benchmark(owner: Path) -> None:
                        "wait for it or stop it first")
 
 
+def _stopped(signum: int, _frame: object) -> None:
+    raise AgqError(f"stopped by {signal.Signals(signum).name}; the workers were stopped, and the same "
+                   "command resumes the benchmark")
+
+
+def _wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:
+    """Workers outlive a parent killed by SIGTERM (only Ctrl-C reaches the whole process group): they would
+    go on training into the records beside the next benchmark started there, so they stop with it."""
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        return [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+
+
 def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base: Path = BASE_CONFIG) -> None:
     """Start ``workers`` worker processes on ``todo`` and wait for them (stale claims are cleared first)."""
     records.mkdir(parents=True, exist_ok=True)
-    claims = Runner(records, extra, base).claims
+    runner = Runner(records, extra, base)
+    for job in todo:  # a record of another config is one line here, before any worker starts
+        runner.done(job)
+    claims = runner.claims
     _refuse_second_benchmark(claims / OWNER)
     shutil.rmtree(claims, ignore_errors=True)
     claims.mkdir(parents=True)
@@ -216,7 +261,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "agq.bench.accuracy", spec, str(w)], env=env)
              for w in range(workers)]
-    codes = [p.wait() for p in procs]
+    codes = _wait_for_workers(procs)
     if any(codes):
         raise AgqError(f"benchmark worker failed (exit codes {codes})")
 

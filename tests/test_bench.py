@@ -59,6 +59,54 @@ def test_records_folder_with_a_broken_record_is_an_error(tmp_path):
         table.load_records(tmp_path)
 
 
+def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_path):
+    extra = [f"train.output_dir={tmp_path / 'runs'}"]
+    runner = Runner(tmp_path / "records", extra, base=DIGITS)
+    runner.records.mkdir()
+    job = Job("plain", 0)
+    cfg = runner.config(job).to_dict()
+    runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
+    assert runner.done(job)
+    cfg["train"] |= {"output_dir": str(tmp_path / "moved")}  # moving the run folders keeps the records
+    runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
+    assert runner.done(job)
+    cfg["train"]["pretrain_epochs"] += 1  # the setting's YAML edited after the run
+    runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
+    with pytest.raises(AgqError, match=r"plain_s0\.json was run with train\.pretrain_epochs="):
+        accuracy.run_all(runner.records, extra, [Job(PRETRAIN, 0), job], 1, base=DIGITS)
+    assert not runner.claims.exists()  # refused before any worker or claim
+    runner.record_path(job).write_text(json.dumps(record("plain", 0, [1.0])))
+    with pytest.raises(AgqError, match=r"plain_s0\.json is not a benchmark record"):
+        runner.done(job)
+
+
+def test_stopping_the_benchmark_stops_its_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    # one worker on a row whose pre-training nobody runs: it waits for it until it is stopped
+    script = ("import sys\nfrom pathlib import Path\nfrom agq.bench.accuracy import Job, run_all\n"
+              "from agq.errors import AgqError\ntry:\n"
+              f"    run_all(Path({str(tmp_path / 'records')!r}), "
+              f"[{'train.output_dir=' + str(tmp_path / 'runs')!r}], [Job('plain', 0)], 1, Path({DIGITS!r}))\n"
+              "except AgqError as err:\n    sys.exit(f'agq bench: {err}')\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (workers := psutil.Process(parent.pid).children()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 1
+    time.sleep(2)  # the worker is past its imports, waiting for the pre-training
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 1 and err.strip().splitlines() == [
+        "agq bench: stopped by SIGTERM; the workers were stopped, and the same command resumes the benchmark"]
+    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+
+
 def test_job_order_pretrains_first_then_the_core_rows_of_every_seed():
     keys = [j.key for j in jobs(2, 1)]
     assert keys[:4] == ["pretrain_plain_s0", "pretrain_residual_s0", "pretrain_plain_s1",
