@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -225,19 +224,12 @@ def _refuse_second_benchmark(owner: Path) -> None:
                        "wait for it or stop it first")
 
 
-def _stopped(signum: int, _frame: object) -> None:
-    raise AgqError(f"stopped by {signal.Signals(signum).name}; the workers were stopped, and the same "
-                   "command resumes the benchmark")
-
-
 def _wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:
-    """Workers outlive a parent killed by SIGTERM (only Ctrl-C reaches the whole process group): they would
-    go on training into the records beside the next benchmark started there, so they stop with it."""
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    """Workers stop with the benchmark (Ctrl-C, SIGTERM via agq.cli, any error): left running they would
+    go on training into the records beside the next benchmark started there."""
     try:
         return [p.wait() for p in procs]
     finally:
-        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             if p.poll() is None:
                 p.terminate()

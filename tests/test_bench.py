@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from agq.cli import main
 from agq.errors import AgqError
 
 DIGITS = "configs/digits_tiny.yaml"
+DIGITS_ABS = Path(DIGITS).resolve()
 
 
 def record(row: str, seed: int, finetune: list[float], pretrain: float = 50.0, arch: str = "plain") -> dict:
@@ -80,7 +82,7 @@ def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_pa
         runner.done(job)
 
 
-def test_stopping_the_benchmark_stops_its_workers(tmp_path):
+def test_sigterm_to_the_benchmark_stops_its_workers(tmp_path):
     import signal
     import subprocess
     import sys
@@ -88,23 +90,22 @@ def test_stopping_the_benchmark_stops_its_workers(tmp_path):
 
     import psutil
 
-    # one worker on a row whose pre-training nobody runs: it waits for it until it is stopped
-    script = ("import sys\nfrom pathlib import Path\nfrom agq.bench.accuracy import Job, run_all\n"
-              "from agq.errors import AgqError\ntry:\n"
-              f"    run_all(Path({str(tmp_path / 'records')!r}), "
-              f"[{'train.output_dir=' + str(tmp_path / 'runs')!r}], [Job('plain', 0)], 1, Path({DIGITS!r}))\n"
-              "except AgqError as err:\n    sys.exit(f'agq bench: {err}')\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    config = tmp_path / "long.yaml"  # pre-training long enough to be running when the signal comes
+    config.write_text(f"base: {DIGITS_ABS}\ntrain:\n  pretrain_epochs: 1000\n"
+                      f"  output_dir: {tmp_path / 'runs'}\n")
+    parent = subprocess.Popen([sys.executable, "-m", "agq.cli", "bench", "--only", "accuracy", "--config",
+                               str(config), "--out", str(tmp_path / "out"), "--rows", "plain", "--seeds", "1",
+                               "--ablation-seeds", "0", "--workers", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (workers := psutil.Process(parent.pid).children()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(workers) == 1
-    time.sleep(2)  # the worker is past its imports, waiting for the pre-training
+    while not (tmp_path / "runs" / "pretrain_plain_s0").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker is training
     parent.send_signal(signal.SIGTERM)
     _, err = parent.communicate(timeout=60)
-    assert parent.returncode == 1 and err.strip().splitlines() == [
-        "agq bench: stopped by SIGTERM; the workers were stopped, and the same command resumes the benchmark"]
-    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+    assert (parent.returncode, err.strip().splitlines()) == (143, ["agq bench: stopped by SIGTERM"])
+    assert not workers[0].is_running()
 
 
 def test_job_order_pretrains_first_then_the_core_rows_of_every_seed():
