@@ -30,12 +30,14 @@ def write_accuracy(records: list[dict[str, Any]], out: Path, heading: str) -> st
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
     stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
+    pre = table.pretraining(records)
     write_json(out / "accuracy.json", {"title": heading, "rows": stats, "paired": pairs, "gap_closed": gaps,
-                                        "curves": table.curves(records)})
+                                        "pretraining": pre, "curves": table.curves(records)})
     png = table.fig3_png(records)
     if png is not None:
         atomic_write_bytes(out / "fig3.png", png)
-    return table.markdown(stats, heading, pairs, gaps)
+    plateau = "\n" + table.pretraining_markdown(pre) if pre else ""
+    return table.markdown(stats, heading, pairs, gaps) + plateau
 
 
 def cost_png(report: dict[str, Any]) -> bytes:

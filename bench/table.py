@@ -19,6 +19,7 @@ from agq.errors import AgqError
 
 METRIC = "test_F_top1"
 FIG3_ROWS = ("plain", "plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "residual")
+Stats = dict[str, dict[str, Any]]
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
@@ -49,6 +50,51 @@ def final_value(record: dict[str, Any], phase: str = "finetune", metric: str = M
 FP_ROWS = dict(zip(ARCHS, PRETRAINED_ONLY, strict=True))  # pre-training -> the row of its FP network
 
 
+def pretraining_of(record: dict[str, Any]) -> str:
+    """Which shared pre-training a record ran or started from (bench.rows.Row.pretrain)."""
+    name = record["row"]
+    arch = record.get("arch", "plain")
+    return record.get("pretrain") or (arch if name == PRETRAIN else BY_NAME[name].pretrain)
+
+
+PLATEAU_MARKS = (0.5, 0.75, 1.0)  # fractions of the pre-training epochs at which top-1 is reported
+
+
+def pretraining(records: list[dict[str, Any]]) -> Stats:
+    """Per full-precision row: F's test top-1 at half, three quarters and the end of pre-training, and the
+    final training loss, over seeds. Whether pre-training reached a plateau is read from these: the last
+    epoch's change alone says little under a cosine schedule, whose last steps are tiny."""
+    by_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for record in records:
+        if pretraining_of(record) in FP_ROWS and epoch_values(record, "pretrain"):
+            by_seed.setdefault(FP_ROWS[pretraining_of(record)], {}).setdefault(int(record["seed"]), record)
+    out: Stats = {}
+    for name, runs in by_seed.items():
+        top1 = {seed: epoch_values(r, "pretrain") for seed, r in runs.items()}
+        epochs = min(len(v) for v in top1.values())
+        marks = {f"{int(100 * f)}%": max(1, round(f * epochs)) for f in PLATEAU_MARKS}
+        out[name] = {"epochs": epochs, "top1_at": {
+            mark: summarize({seed: v[e - 1] for seed, v in top1.items()}) for mark, e in marks.items()},
+            "epoch_at": marks}
+        loss = {seed: epoch_values(r, "pretrain", "train_loss") for seed, r in runs.items()}
+        if all(loss.values()):
+            out[name]["final_train_loss"] = summarize({seed: v[-1] for seed, v in loss.items()})
+    return out
+
+
+def pretraining_markdown(stats: Stats) -> str:
+    lines = ["### Full-precision pre-training: is it at a plateau?", "",
+             "| network | epochs | " + " | ".join(f"top-1 % at epoch {e}" for e in
+                                                  next(iter(stats.values()))["epoch_at"].values())
+             + " | training loss at the end | seeds |", "|---|---|---|---|---|---|---|"]
+    for name, s in stats.items():
+        at = list(s["top1_at"].values())
+        loss = "-" if "final_train_loss" not in s else f"{s['final_train_loss']['mean']:.4f}"
+        lines.append(f"| {BY_NAME[name].label} | {s['epochs']} | " + " | ".join(cell(e) for e in at)
+                     + f" | {loss} | {at[0]['n']} |")
+    return "\n".join(lines) + "\n"
+
+
 def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, dict[int, float]]:
     """{row: {seed: final fine-tuned value}}; ``fp`` (``fp_residual``) is the plain (residual) network
     after its shared pre-training, read from any record that started from it."""
@@ -61,8 +107,7 @@ def per_seed(records: list[dict[str, Any]], metric: str = METRIC) -> dict[str, d
             value = final_value(record, "finetune", metric)
             if value is not None:
                 table.setdefault(name, {})[seed] = value
-        pre = record.get("pretrain") or (
-            record.get("arch", "plain") if name == PRETRAIN else BY_NAME[name].pretrain)
+        pre = pretraining_of(record)
         if pre in FP_ROWS and metric.startswith("test_F"):
             value = final_value(record, "pretrain", metric)
             if value is not None:
@@ -147,8 +192,6 @@ def interval(entry: dict[str, Any]) -> str:
         return "-"
     return f"[{entry['mean'] - entry['ci95']:+.2f}, {entry['mean'] + entry['ci95']:+.2f}]"
 
-
-Stats = dict[str, dict[str, Any]]
 
 
 def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats | None = None) -> str:

@@ -46,6 +46,27 @@ def test_table_takes_the_last_finetune_epoch_and_summarises_over_seeds():
     assert table.curves(records)["plain"] == {1: [80.0, 70.0, 0.0], 2: [90.0, 92.0, 94.0]}
 
 
+def test_pretraining_plateau_reads_half_three_quarters_and_the_end_over_seeds():
+    def pretrained(seed: int, arch: str, top1: list[float], loss: float) -> dict:
+        history = [{"phase": "pretrain", "epoch": i + 1, "test_F_top1": v, "train_loss": loss}
+                   for i, v in enumerate(top1)]
+        return {"row": PRETRAIN, "arch": arch, "seed": seed, "history": history}
+
+    records = [pretrained(0, "plain", [10, 20, 30, 40, 50, 60, 70, 80], 0.5),
+               pretrained(1, "plain", [12, 22, 32, 42, 52, 62, 72, 82], 0.25),
+               pretrained(0, "residual", [90, 91, 92, 93], 0.1),
+               {**record("plain", 0, [5.0], pretrain=99.0), "pretrain": "plain"}]  # the seed's first record
+    stats = table.pretraining(records)
+    assert stats["fp"]["epoch_at"] == {"50%": 4, "75%": 6, "100%": 8}
+    assert [e["mean"] for e in stats["fp"]["top1_at"].values()] == [41.0, 61.0, 81.0]
+    assert stats["fp"]["final_train_loss"]["mean"] == 0.375
+    assert [e["values"] for e in stats["fp_residual"]["top1_at"].values()] == [[91], [92], [93]]
+    md = table.pretraining_markdown(stats)
+    assert ("| full precision plain (after pre-training only) | 8 | 41.00 ± 1.41 | 61.00 ± 1.41 "
+            "| 81.00 ± 1.41"
+            " | 0.3750 | 2 |") in md
+
+
 def test_unknown_row_is_rejected_before_anything_runs(capsys):
     with pytest.raises(AgqError, match="unknown benchmark row 'plian'"):
         jobs(1, 0, ["plain", "plian"])
