@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     rows = args.rows.split(",") if args.rows else None
     for name in rows or []:
         row(name)  # an unknown row stops here, before anything runs
+    if args.config is not None:  # a missing or broken config stops here, before its results folder is made
+        from agq.training.config import load_config
+
+        load_config(args.config)
     if args.only == "convergence":
         from agq.bench.convergence import write
 

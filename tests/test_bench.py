@@ -74,6 +74,16 @@ def test_unknown_row_is_rejected_before_anything_runs(capsys):
     assert "unknown benchmark row" in capsys.readouterr().err
 
 
+def test_a_missing_config_is_one_line_before_its_results_folder_is_made(tmp_path, capsys):
+    from agq.bench.cli import RESULTS
+
+    for config in (tmp_path / "agq_no_such_setting.yaml", tmp_path):
+        assert main(["bench", "--only", "report", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(config) in err[0]
+        assert not (RESULTS / config.stem).exists()
+
+
 def test_records_folder_with_a_broken_record_is_an_error(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(record("plain", 0, [1.0])))
     assert len(table.load_records(tmp_path)) == 1
