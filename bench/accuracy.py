@@ -133,21 +133,21 @@ class Runner:
         return self.records / f"{job.key}.json"
 
     def done(self, job: Job) -> bool:
-        path = self.record_path(job)
-        if not path.is_file():
-            return False
-        self._check_record_config(job, path)
         if job.row == PRETRAIN:  # rows need its trainer state as well as its record
-            return (self.config(job).run_dir / "last.pt").is_file()
-        return True
+            return self.record_path(job).is_file() and (self.config(job).run_dir / "last.pt").is_file()
+        return self.record_path(job).is_file()
 
-    def _check_record_config(self, job: Job, path: Path) -> None:
+    def check_record(self, job: Job) -> None:
         """A record run under another config (the setting's YAML edited since) would be counted as this
-        setting's result; overwriting it would lose a finished run, so the user decides."""
+        setting's result, and overwriting it would lose a finished run: the user decides. Checked once,
+        by run_all before any worker starts (one benchmark at a time, so no record appears meanwhile)."""
         from agq.training.config import saved_config
 
         from agq.io import read_json
 
+        path = self.record_path(job)
+        if not path.is_file():
+            return
         data = read_json(path, "agq bench --only accuracy")
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
             raise AgqError(f"{path} is not a benchmark record (no config); move it away")
@@ -242,7 +242,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     records.mkdir(parents=True, exist_ok=True)
     runner = Runner(records, extra, base)
     for job in todo:  # a record of another config is one line here, before any worker starts
-        runner.done(job)
+        runner.check_record(job)
     claims = runner.claims
     _refuse_second_benchmark(claims / OWNER)
     shutil.rmtree(claims, ignore_errors=True)

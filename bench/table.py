@@ -57,7 +57,7 @@ def pretraining_of(record: dict[str, Any]) -> str:
     return record.get("pretrain") or (arch if name == PRETRAIN else BY_NAME[name].pretrain)
 
 
-PLATEAU_MARKS = (0.5, 0.75, 1.0)  # fractions of the pre-training epochs at which top-1 is reported
+PLATEAU_MARKS = {"50%": 0.5, "75%": 0.75, "100%": 1.0}  # share of pre-training's epochs where top-1 is read
 
 
 def pretraining(records: list[dict[str, Any]]) -> Stats:
@@ -66,16 +66,16 @@ def pretraining(records: list[dict[str, Any]]) -> Stats:
     epoch's change alone says little under a cosine schedule, whose last steps are tiny."""
     by_seed: dict[str, dict[int, dict[str, Any]]] = {}
     for record in records:
-        if pretraining_of(record) in FP_ROWS and epoch_values(record, "pretrain"):
-            by_seed.setdefault(FP_ROWS[pretraining_of(record)], {}).setdefault(int(record["seed"]), record)
+        pre = pretraining_of(record)
+        if pre in FP_ROWS and epoch_values(record, "pretrain"):
+            by_seed.setdefault(FP_ROWS[pre], {}).setdefault(int(record["seed"]), record)
     out: Stats = {}
     for name, runs in by_seed.items():
         top1 = {seed: epoch_values(r, "pretrain") for seed, r in runs.items()}
         epochs = min(len(v) for v in top1.values())
-        marks = {f"{int(100 * f)}%": max(1, round(f * epochs)) for f in PLATEAU_MARKS}
-        out[name] = {"epochs": epochs, "top1_at": {
-            mark: summarize({seed: v[e - 1] for seed, v in top1.items()}) for mark, e in marks.items()},
-            "epoch_at": marks}
+        marks = {mark: max(1, round(f * epochs)) for mark, f in PLATEAU_MARKS.items()}
+        out[name] = {"epochs": epochs, "epoch_at": marks, "top1_at": {
+            mark: summarize({seed: v[e - 1] for seed, v in top1.items()}) for mark, e in marks.items()}}
         loss = {seed: epoch_values(r, "pretrain", "train_loss") for seed, r in runs.items()}
         if all(loss.values()):
             out[name]["final_train_loss"] = summarize({seed: v[-1] for seed, v in loss.items()})
@@ -83,15 +83,15 @@ def pretraining(records: list[dict[str, Any]]) -> Stats:
 
 
 def pretraining_markdown(stats: Stats) -> str:
+    """One row per FP network; columns are shares of each row's own epochs (the two may differ)."""
     lines = ["### Full-precision pre-training: is it at a plateau?", "",
-             "| network | epochs | " + " | ".join(f"top-1 % at epoch {e}" for e in
-                                                  next(iter(stats.values()))["epoch_at"].values())
-             + " | training loss at the end | seeds |", "|---|---|---|---|---|---|---|"]
+             "| network | epochs | " + " | ".join(f"top-1 % after {m} of them" for m in PLATEAU_MARKS)
+             + " | training loss at the end | seeds |", "|---" * (len(PLATEAU_MARKS) + 4) + "|"]
     for name, s in stats.items():
-        at = list(s["top1_at"].values())
+        at = [cell(s["top1_at"][m]) for m in PLATEAU_MARKS]
         loss = "-" if "final_train_loss" not in s else f"{s['final_train_loss']['mean']:.4f}"
-        lines.append(f"| {BY_NAME[name].label} | {s['epochs']} | " + " | ".join(cell(e) for e in at)
-                     + f" | {loss} | {at[0]['n']} |")
+        n = s["top1_at"]["100%"]["n"]
+        lines.append(f"| {BY_NAME[name].label} | {s['epochs']} | {' | '.join(at)} | {loss} | {n} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +191,6 @@ def interval(entry: dict[str, Any]) -> str:
     if entry.get("ci95") is None:
         return "-"
     return f"[{entry['mean'] - entry['ci95']:+.2f}, {entry['mean'] + entry['ci95']:+.2f}]"
-
 
 
 def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats | None = None) -> str:

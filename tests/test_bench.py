@@ -63,8 +63,7 @@ def test_pretraining_plateau_reads_half_three_quarters_and_the_end_over_seeds():
     assert [e["values"] for e in stats["fp_residual"]["top1_at"].values()] == [[91], [92], [93]]
     md = table.pretraining_markdown(stats)
     assert ("| full precision plain (after pre-training only) | 8 | 41.00 ± 1.41 | 61.00 ± 1.41 "
-            "| 81.00 ± 1.41"
-            " | 0.3750 | 2 |") in md
+            "| 81.00 ± 1.41 | 0.3750 | 2 |") in md
 
 
 def test_unknown_row_is_rejected_before_anything_runs(capsys):
@@ -99,9 +98,11 @@ def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_pa
     job = Job("plain", 0)
     cfg = runner.config(job).to_dict()
     runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
+    runner.check_record(job)
     assert runner.done(job)
     cfg["train"] |= {"output_dir": str(tmp_path / "moved")}  # moving the run folders keeps the records
     runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
+    runner.check_record(job)
     assert runner.done(job)
     cfg["train"]["pretrain_epochs"] += 1  # the setting's YAML edited after the run
     runner.record_path(job).write_text(json.dumps({**record("plain", 0, [1.0]), "config": cfg}))
@@ -110,7 +111,7 @@ def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_pa
     assert not runner.claims.exists()  # refused before any worker or claim
     runner.record_path(job).write_text(json.dumps(record("plain", 0, [1.0])))
     with pytest.raises(AgqError, match=r"plain_s0\.json is not a benchmark record"):
-        runner.done(job)
+        runner.check_record(job)
 
 
 def test_sigterm_to_the_benchmark_stops_its_workers(tmp_path):
