@@ -94,6 +94,14 @@ def training_code_hash() -> str:
     return digest.hexdigest()
 
 
+TIMING = ("time_s", "cpu_s", "eval_s")  # differ from run to run; every other history entry must not
+
+
+def learned(epoch: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of a run's history without its timings: what two runs of one network share."""
+    return {k: v for k, v in epoch.items() if k not in TIMING}
+
+
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
     from agq.training.config import saved_config
 
@@ -158,6 +166,26 @@ class Runner:
             raise AgqError(f"{path} was run with {key}={old!r}, the config now gives {new!r}: "
                            "move the record away to run it again, or restore the config")
 
+    def _check_rerun(self, job: Job, run_dir: Path, history: list[dict[str, Any]]) -> None:
+        """A pre-training runs again where its record survived but its trainer state did not (a fresh
+        clone holds bench/results, not runs/). The rows already recorded started from the old network, so
+        the new rows are paired with them only if the re-run is that same network: else its state is
+        removed (no row may start from it) and the record kept."""
+        from agq.io import read_json
+
+        path = self.record_path(job)
+        if not path.is_file():
+            return
+        old = read_json(path, "agq bench --only accuracy").get("history", [])
+        new = [learned(epoch) for epoch in history]
+        same = [learned(epoch) for epoch in old] == new
+        if not same:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            epoch = next((i + 1 for i, (a, b) in enumerate(zip(old, new)) if learned(a) != b), len(new))
+            raise AgqError(f"{path}: pre-training run again (its trainer state was gone) differs from the "
+                           f"record at epoch {epoch}, so rows started from the two are not paired: move "
+                           f"this setting's records of {job.pre} seed {job.seed} away to run them again")
+
     def claim(self, job: Job) -> bool:
         self.claims.mkdir(parents=True, exist_ok=True)
         try:
@@ -192,6 +220,8 @@ class Runner:
                 save_checkpoint(last, payload)
             train(cfg, resume=True, progress=False)
         history = json.loads((cfg.run_dir / "metrics.json").read_text())
+        if job.row == PRETRAIN:
+            self._check_rerun(job, cfg.run_dir, history)
         final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
         record = {"row": job.row, "arch": cfg.model.arch, "seed": job.seed, "config": cfg.to_dict(),
                   "pretrain": job.pre if job.row == PRETRAIN else row(job.row).pretrain,
@@ -260,5 +290,8 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    work(Path(spec["records"]), spec["extra"], [Job(*j) for j in spec["todo"]], int(sys.argv[2]),
-         Path(spec["base"]))
+    try:
+        work(Path(spec["records"]), spec["extra"], [Job(*j) for j in spec["todo"]], int(sys.argv[2]),
+             Path(spec["base"]))
+    except AgqError as exc:  # one line in the benchmark's log; run_all then names the failed worker
+        sys.exit(f"agq bench worker {sys.argv[2]}: {exc}")

@@ -217,15 +217,35 @@ def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name
     alone_cfg = load_config(DIGITS, [*extra, f"train.output_dir={tmp_path / 'alone'}",
                                      *accuracy.row_overrides(row(name), 0, runner.base.to_dict())])
     alone = train(alone_cfg, progress=False)
-    drop = ("time_s", "eval_s", "cpu_s")
-    strip = [{k: v for k, v in h.items() if k not in drop} for h in shared["history"]]
-    assert strip == [{k: v for k, v in h.items() if k not in drop}
-                     for h in json.loads((alone.parent / "metrics.json").read_text())]
+    strip = [accuracy.learned(h) for h in shared["history"]]
+    assert strip == [accuracy.learned(h) for h in json.loads((alone.parent / "metrics.json").read_text())]
     if pre == "ag_pretrain":  # H was trained in pre-training: its accuracy is in the pre-training epoch
         assert shared["history"][0]["phase"] == "pretrain" and "test_H_top1" in shared["history"][0]
     a = load_checkpoint(runner.config(Job(name, 0)).run_dir / "checkpoint.pt")["model"]
     b = load_checkpoint(alone)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
+    import shutil
+
+    extra = [f"train.output_dir={tmp_path / 'runs'}", "train.pretrain_epochs=2", "train.epochs=2"]
+    runner = Runner(tmp_path / "records", extra, base=DIGITS)
+    runner.records.mkdir()
+    pre = Job(PRETRAIN, 0, "plain")
+    first = runner.run(pre)
+    run_dir = runner.config(pre).run_dir
+    shutil.rmtree(run_dir)  # a fresh clone: the record is there, the trainer state is not
+    assert not runner.done(pre)
+    again = runner.run(pre)  # same config, same code: the same network
+    assert [accuracy.learned(h) for h in again["history"]] == [accuracy.learned(h) for h in first["history"]]
+    shutil.rmtree(run_dir)
+    tampered = {**first, "history": [first["history"][0], {**first["history"][1], "train_loss": 9.0}]}
+    runner.record_path(pre).write_text(json.dumps(tampered))  # as if the old network had been another
+    with pytest.raises(AgqError, match=r"pretrain_plain_s0\.json: pre-training run again .* at epoch 2"):
+        runner.run(pre)
+    assert json.loads(runner.record_path(pre).read_text()) == tampered  # the old record is kept
+    assert not runner.done(pre) and not (run_dir / "last.pt").exists()  # no row may start from it
 
 
 def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
