@@ -177,11 +177,11 @@ class Runner:
         if not path.is_file():
             return
         old = read_json(path, "agq bench --only accuracy").get("history", [])
-        new = [learned(epoch) for epoch in history]
-        same = [learned(epoch) for epoch in old] == new
-        if not same:
+        old, new = [learned(e) for e in old], [learned(e) for e in history]
+        if old != new:
             shutil.rmtree(run_dir, ignore_errors=True)
-            epoch = next((i + 1 for i, (a, b) in enumerate(zip(old, new)) if learned(a) != b), len(new))
+            pairs = zip(old, new, strict=False)  # a history cut short differs just after its end
+            epoch = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), min(len(old), len(new)) + 1)
             raise AgqError(f"{path}: pre-training run again (its trainer state was gone) differs from the "
                            f"record at epoch {epoch}, so rows started from the two are not paired: move "
                            f"this setting's records of {job.pre} seed {job.seed} away to run them again")
