@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
+from agq.bench.table import first_difference, learned
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -94,12 +95,18 @@ def training_code_hash() -> str:
     return digest.hexdigest()
 
 
-TIMING = ("time_s", "cpu_s", "eval_s")  # differ from run to run; every other history entry must not
+def environment() -> dict[str, str]:
+    """What besides config and code decides a run's floating point: two pre-trainings of one seed, config
+    and code differed from their first epoch on two machines (depth-32 plain, 2026-12-03), so each record
+    says where it ran."""
+    import platform
+    from importlib.metadata import version
 
+    import torch
 
-def learned(epoch: dict[str, Any]) -> dict[str, Any]:
-    """One epoch of a run's history without its timings: what two runs of one network share."""
-    return {k: v for k, v in epoch.items() if k not in TIMING}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "brevitas": version("brevitas"), "numpy": version("numpy"), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -180,8 +187,7 @@ class Runner:
         old, new = [learned(e) for e in old], [learned(e) for e in history]
         if old != new:
             shutil.rmtree(run_dir, ignore_errors=True)
-            pairs = zip(old, new, strict=False)  # a history cut short differs just after its end
-            epoch = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), min(len(old), len(new)) + 1)
+            epoch = first_difference(old, new)
             raise AgqError(f"{path}: pre-training run again (its trainer state was gone) differs from the "
                            f"record at epoch {epoch}, so rows started from the two are not paired: move "
                            f"this setting's records of {job.pre} seed {job.seed} away to run them again")
@@ -226,7 +232,7 @@ class Runner:
         record = {"row": job.row, "arch": cfg.model.arch, "seed": job.seed, "config": cfg.to_dict(),
                   "pretrain": job.pre if job.row == PRETRAIN else row(job.row).pretrain,
                   "history": history, "final": final, "wall_s": round(time.perf_counter() - begin, 1),
-                  "training_code_sha256": training_code_hash()}
+                  "training_code_sha256": training_code_hash(), "environment": environment()}
         write_json(self.record_path(job), record, indent=1)
         return record
 

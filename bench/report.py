@@ -28,6 +28,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_accuracy(records: list[dict[str, Any]], out: Path, heading: str) -> str:
     """accuracy.json (per row: per-seed values, mean, std; gap shares) and fig3.png; returns Markdown."""
+    table.check_shared_starts(records)
     stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
     pre = table.pretraining(records)

@@ -57,6 +57,38 @@ def pretraining_of(record: dict[str, Any]) -> str:
     return record.get("pretrain") or (arch if name == PRETRAIN else BY_NAME[name].pretrain)
 
 
+TIMING = ("time_s", "cpu_s", "eval_s")  # differ from run to run; every other history entry must not
+
+
+def learned(epoch: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of a run's history without its timings: what two runs of one network share."""
+    return {k: v for k, v in epoch.items() if k not in TIMING}
+
+
+def first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
+    """The first epoch (from 1) where two histories differ; a history cut short differs after its end."""
+    pairs = enumerate(zip(a, b, strict=False), start=1)
+    return next((epoch for epoch, (x, y) in pairs if x != y), min(len(a), len(b)) + 1)
+
+
+def check_shared_starts(records: list[dict[str, Any]]) -> None:
+    """Rows are paired by their shared pre-training only if they did start from one network. A
+    pre-training run again in another environment (another machine's floating point) is another network
+    under the same seed, config and code, so every record of one (pre-training, seed) must carry the same
+    pre-training history, timings aside; a mix is one line naming two records."""
+    first: dict[tuple[str, int], tuple[str, list[dict[str, Any]]]] = {}
+    for record in records:
+        pre, seed = pretraining_of(record), int(record["seed"])
+        history = [learned(h) for h in record["history"] if h.get("phase") == "pretrain"]
+        name = f"{PRETRAIN}_{pre}" if record["row"] == PRETRAIN else record["row"]
+        other, expected = first.setdefault((pre, seed), (f"{name}_s{seed}", history))
+        if history != expected:
+            epoch = first_difference(history, expected)
+            raise AgqError(f"records {other} and {name}_s{seed} started from different {pre} pre-trainings "
+                           f"(they differ at pre-training epoch {epoch}), so they are not paired: keep the "
+                           "records of one pre-training per results folder")
+
+
 PLATEAU_MARKS = {"50%": 0.5, "75%": 0.75, "100%": 1.0}  # share of pre-training's epochs where top-1 is read
 
 

@@ -234,6 +234,7 @@ def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
     runner.records.mkdir()
     pre = Job(PRETRAIN, 0, "plain")
     first = runner.run(pre)
+    assert first["environment"]["torch"] == torch.__version__  # where it ran: floating point differs by machine
     run_dir = runner.config(pre).run_dir
     shutil.rmtree(run_dir)  # a fresh clone: the record is there, the trainer state is not
     assert not runner.done(pre)
@@ -246,6 +247,19 @@ def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
         runner.run(pre)
     assert json.loads(runner.record_path(pre).read_text()) == tampered  # the old record is kept
     assert not runner.done(pre) and not (run_dir / "last.pt").exists()  # no row may start from it
+
+
+def test_rows_paired_by_a_pretraining_must_carry_the_same_one():
+    from agq.bench import report
+
+    pre = {**record(PRETRAIN, 0, [], 97.0), "pretrain": "plain"}
+    plain = record("plain", 0, [90.0], 97.0)
+    plain["history"][0]["time_s"] = 12.0  # timings differ run to run and are not compared
+    residual = record("residual", 0, [95.0], 98.0, arch="residual")  # its own pre-training
+    table.check_shared_starts([pre, plain, residual, record("plain_ag", 0, [91.0], 97.0)])
+    with pytest.raises(AgqError, match=r"records pretrain_plain_s0 and plain_ag_s0 started from different "
+                                       r"plain pre-trainings \(they differ at pre-training epoch 1\)"):
+        report.write_accuracy([pre, plain, residual, record("plain_ag", 0, [91.0], 97.5)], Path("."), "t")
 
 
 def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
