@@ -234,7 +234,7 @@ def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
     runner.records.mkdir()
     pre = Job(PRETRAIN, 0, "plain")
     first = runner.run(pre)
-    assert first["environment"]["torch"] == torch.__version__  # where it ran: floating point differs by machine
+    assert first["environment"]["torch"] == torch.__version__  # floating point differs by machine
     run_dir = runner.config(pre).run_dir
     shutil.rmtree(run_dir)  # a fresh clone: the record is there, the trainer state is not
     assert not runner.done(pre)
