@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
-from agq.bench.table import first_difference, learned
+from agq.bench.table import differing_epoch
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -183,11 +183,9 @@ class Runner:
         path = self.record_path(job)
         if not path.is_file():
             return
-        old = read_json(path, "agq bench --only accuracy").get("history", [])
-        old, new = [learned(e) for e in old], [learned(e) for e in history]
-        if old != new:
+        epoch = differing_epoch(read_json(path, "agq bench --only accuracy").get("history", []), history)
+        if epoch is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
-            epoch = first_difference(old, new)
             raise AgqError(f"{path}: pre-training run again (its trainer state was gone) differs from the "
                            f"record at epoch {epoch}, so rows started from the two are not paired: move "
                            f"this setting's records of {job.pre} seed {job.seed} away to run them again")

@@ -60,13 +60,12 @@ def pretraining_of(record: dict[str, Any]) -> str:
 TIMING = ("time_s", "cpu_s", "eval_s")  # differ from run to run; every other history entry must not
 
 
-def learned(epoch: dict[str, Any]) -> dict[str, Any]:
-    """One epoch of a run's history without its timings: what two runs of one network share."""
-    return {k: v for k, v in epoch.items() if k not in TIMING}
-
-
-def first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
-    """The first epoch (from 1) where two histories differ; a history cut short differs after its end."""
+def differing_epoch(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int | None:
+    """The first epoch (from 1) where two histories differ, timings aside (None where they do not); a
+    history cut short differs just after its end."""
+    a, b = ([{k: v for k, v in e.items() if k not in TIMING} for e in h] for h in (a, b))
+    if a == b:
+        return None
     pairs = enumerate(zip(a, b, strict=False), start=1)
     return next((epoch for epoch, (x, y) in pairs if x != y), min(len(a), len(b)) + 1)
 
@@ -79,11 +78,11 @@ def check_shared_starts(records: list[dict[str, Any]]) -> None:
     first: dict[tuple[str, int], tuple[str, list[dict[str, Any]]]] = {}
     for record in records:
         pre, seed = pretraining_of(record), int(record["seed"])
-        history = [learned(h) for h in record["history"] if h.get("phase") == "pretrain"]
+        history = [h for h in record["history"] if h.get("phase") == "pretrain"]
         name = f"{PRETRAIN}_{pre}" if record["row"] == PRETRAIN else record["row"]
         other, expected = first.setdefault((pre, seed), (f"{name}_s{seed}", history))
-        if history != expected:
-            epoch = first_difference(history, expected)
+        epoch = differing_epoch(history, expected)
+        if epoch is not None:
             raise AgqError(f"records {other} and {name}_s{seed} started from different {pre} pre-trainings "
                            f"(they differ at pre-training epoch {epoch}), so they are not paired: keep the "
                            "records of one pre-training per results folder")
