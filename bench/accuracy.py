@@ -152,6 +152,14 @@ class Runner:
             return self.record_path(job).is_file() and (self.config(job).run_dir / "last.pt").is_file()
         return self.record_path(job).is_file()
 
+    def needed(self, job: Job, todo: list[Job]) -> bool:
+        """A pre-training whose rows in ``todo`` are all recorded is not run again: a fresh clone has its
+        record but not its trainer state, and re-running it would cost its time for no new result."""
+        if job.row != PRETRAIN:
+            return True
+        return any(not self.done(j) for j in todo
+                   if j.row != PRETRAIN and j.seed == job.seed and row(j.row).pretrain == job.pre)
+
     def check_record(self, job: Job) -> None:
         """A record run under another config (the setting's YAML edited since) would be counted as this
         setting's result, and overwriting it would lose a finished run: the user decides. Checked once,
@@ -242,7 +250,7 @@ def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Pa
     torch.set_num_threads(1)
     runner = Runner(records, extra, base)
     for job in todo:
-        if runner.done(job) or not runner.claim(job):
+        if runner.done(job) or not runner.needed(job, todo) or not runner.claim(job):
             continue
         record = runner.run(job)
         top1 = record["final"].get("test_F_top1", float("nan"))

@@ -249,6 +249,20 @@ def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
     assert not runner.done(pre) and not (run_dir / "last.pt").exists()  # no row may start from it
 
 
+def test_a_pretraining_is_run_again_only_while_a_row_of_it_is_unrecorded(tmp_path):
+    runner = Runner(tmp_path / "records", [f"train.output_dir={tmp_path / 'runs'}"], base=DIGITS)
+    runner.records.mkdir()
+    todo = jobs(2, 0, ["plain", "plain_ag", "residual"])
+    for job in (Job(PRETRAIN, 0), Job("plain", 0), Job("plain_ag", 0), Job("residual", 1)):
+        runner.record_path(job).write_text("{}")  # a fresh clone: records, no trainer state
+    need = {j.key for j in todo if runner.needed(j, todo)}
+    assert not runner.done(Job(PRETRAIN, 0))
+    assert "pretrain_plain_s0" not in need  # both its rows are recorded
+    assert {"pretrain_plain_s1", "pretrain_residual_s0", "residual_s0"} <= need
+    assert "pretrain_residual_s1" not in need
+    assert "pretrain_plain_s0" in {j.key for j in todo if runner.needed(j, [*todo, Job("plain_kd", 0)])}
+
+
 def test_rows_paired_by_a_pretraining_must_carry_the_same_one():
     from agq.bench import report
 
