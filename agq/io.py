@@ -162,11 +162,17 @@ def write_json(path: Path, data: Any, indent: int = 2) -> None:
     atomic_write_bytes(path, json_bytes(data, indent))
 
 
+def not_a_file(path: Path) -> str:
+    """Why a reader cannot open ``path`` as a file: a folder given where a file belongs was reported as
+    "not found", which sends the user looking for something that is there."""
+    return "is a folder, not a file" if path.is_dir() else "not found"
+
+
 def read_json(path: Path, made_by: str) -> Any:
     """A JSON file another command wrote; missing or broken is one line naming it and ``made_by``."""
     path = Path(path)
     if not path.is_file():
-        raise AgqError(f"{path} not found: run `{made_by}` first")
+        raise AgqError(f"{path} {not_a_file(path)}: run `{made_by}` first")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

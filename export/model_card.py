@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from agq import __version__
 from agq.errors import AgqError
-from agq.io import file_sha256, finish_commit, json_bytes, read_json
+from agq.io import file_sha256, finish_commit, json_bytes, not_a_file, read_json
 
 if TYPE_CHECKING:  # the card is read by hw/ and bench/ without torch
     from agq.export.equivalence import EquivalenceReport
@@ -89,7 +89,8 @@ def _checked(model_onnx: Path, card: ModelCard) -> ModelCard:
     """``card``, after checking that it describes exactly the file ``model_onnx``."""
     card_path = model_onnx.parent / MODEL_CARD
     if not model_onnx.is_file():
-        raise AgqError(f"model file not found: {model_onnx} (named by {card_path}); run `agq export` again")
+        raise AgqError(f"model file {not_a_file(model_onnx)}: {model_onnx} (named by {card_path}); "
+                       "run `agq export` again")
     if file_sha256(model_onnx) != card.model["sha256"]:
         raise AgqError(f"{model_onnx} does not match {card_path} (its sha256 differs from the one recorded "
                        "there: the model was replaced or the card is stale); run `agq export` again")

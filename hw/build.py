@@ -31,7 +31,7 @@ from agq.hw.config import MAX_FPS, HwConfig, load_hw_config
 from agq.hw.report import BUILD_LOG, BuildReport
 
 from agq.errors import AgqError
-from agq.io import file_sha256, output_errors
+from agq.io import file_sha256, not_a_file, output_errors
 from agq.locks import folder_lock
 
 QONNX_OPS = {"Quant", "BipolarQuant", "Trunc"}
@@ -54,7 +54,7 @@ def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
 def load_qonnx(path: Path) -> onnx.ModelProto:
     """The exported model, checked to be a QONNX model with an integer input; AgqError otherwise."""
     if not path.is_file():
-        raise AgqError(f"model file not found: {path}")
+        raise AgqError(f"model file {not_a_file(path)}: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError... for a non-ONNX file

@@ -116,6 +116,18 @@ def test_config_that_is_a_folder(capsys, tmp_path):
     assert_one_line_error(code, capsys.readouterr().err, f"config file {tmp_path} is a folder")
 
 
+@pytest.mark.parametrize("command", ["export", "build", "rtlsim"])
+def test_a_folder_where_a_file_belongs_is_named_as_one(capsys, tmp_path, command):
+    folder = tmp_path / "given"
+    (folder / "report.json").mkdir(parents=True)  # rtlsim reads <build>/report.json
+    args = {"export": ["--checkpoint", str(folder), "--out", str(tmp_path / "out")],
+            "build": ["--model", str(folder), "--out", str(tmp_path / "out")],
+            "rtlsim": ["--build", str(folder)]}[command]
+    code = main([command, *args])
+    assert_one_line_error(code, capsys.readouterr().err, str(folder), "is a folder, not a file", command=command)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("content", ["", "\n# only a comment\n"])
 def test_empty_config_file_is_refused(capsys, tmp_path, content):
     empty = tmp_path / "empty.yaml"

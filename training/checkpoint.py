@@ -33,7 +33,7 @@ from agq.training.config import Config, config_from_dict
 from agq.training.models import QuantCNN, build_model
 
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes, bytes_sha256
+from agq.io import atomic_write_bytes, bytes_sha256, not_a_file
 
 FORMAT = "agq-checkpoint-v2"
 LEGACY_FORMAT = "agq-checkpoint-v1"
@@ -110,7 +110,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint, checking its sha256; any problem is one :class:`AgqError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise AgqError(f"checkpoint not found: {path} (run 'make train' first, or pass --checkpoint)")
+        raise AgqError(f"checkpoint {not_a_file(path)}: {path} (run 'make train' first, "
+                       "or pass --checkpoint)")
     payload = _torch_load(path, path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         tensor = payload.get("content")

@@ -17,6 +17,7 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from agq.errors import AgqError
+from agq.io import not_a_file
 
 PIXEL_MAX = 255
 SDP = "StreamingDataflowPartition"
@@ -26,7 +27,7 @@ INVERTIBLE = {"Mul", "Add"}
 def load_array(path: Path, option: str) -> np.ndarray:
     """One array from a .npy file; AgqError naming ``option`` and the file when it is not one."""
     if not path.is_file():
-        raise AgqError(f"{option} {path}: file not found")
+        raise AgqError(f"{option} {path}: file {not_a_file(path)}")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
