@@ -58,19 +58,23 @@ class Job:
         return f"{PRETRAIN}_{self.pre}_s{self.seed}" if self.row == PRETRAIN else f"{self.row}_s{self.seed}"
 
 
-def jobs(seeds: int, ablation_seeds: int, rows: list[str] | None = None) -> list[Job]:
+def jobs(seeds: int, ablation_seeds: int, rows: list[str] | None = None, first_seed: int = 0) -> list[Job]:
     """Pre-training first, then the rows that carry the claim (``Row.core``) for every seed, then the
     other main rows, then the ablations (with their own pre-training where they need one): a benchmark
-    cut short still holds as many seeds as possible of the rows that matter most."""
+    cut short still holds as many seeds as possible of the rows that matter most. Seeds count from
+    ``first_seed``, so that one seed can be run (again) alone, e.g. on a second machine."""
     chosen = [row(name) for name in rows] if rows else list(ROWS)
     runs = [r for r in chosen if r.name not in PRETRAINED_ONLY]
     shared = sorted({r.pretrain for r in chosen if r.group == "main"})
     own = sorted({r.pretrain for r in chosen if r.group == "ablation"} - set(shared))
-    out = [Job(PRETRAIN, s, pre) for s in range(max(seeds, ablation_seeds)) for pre in shared]
+    main = range(first_seed, first_seed + seeds)
+    ablation = range(first_seed, first_seed + ablation_seeds)
+    out = [Job(PRETRAIN, s, pre) for s in range(first_seed, first_seed + max(seeds, ablation_seeds))
+           for pre in shared]
     for core in (True, False):
-        out += [Job(r.name, s) for s in range(seeds) for r in runs if r.group == "main" and r.core == core]
-    out += [Job(PRETRAIN, s, pre) for s in range(ablation_seeds) for pre in own]
-    out += [Job(r.name, s) for s in range(ablation_seeds) for r in runs if r.group == "ablation"]
+        out += [Job(r.name, s) for s in main for r in runs if r.group == "main" and r.core == core]
+    out += [Job(PRETRAIN, s, pre) for s in ablation for pre in own]
+    out += [Job(r.name, s) for s in ablation for r in runs if r.group == "ablation"]
     return out
 
 

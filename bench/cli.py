@@ -1,4 +1,5 @@
-"""``agq bench [--only PART|report|convergence] [--seeds N] [--quick] [--from-runs DIR] [--settings A,B]``.
+"""``agq bench [--only PART|report|convergence] [--seeds N] [--first-seed S] [--quick] [--from-runs DIR]
+[--settings A,B]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); hw: FINN estimates and
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
     parser.add_argument("--ablation-seeds", type=int, default=5,
                         help="seeds of the ablation rows (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds count from here (default 0), e.g. --first-seed 4 --seeds 1: seed 4 alone")
     parser.add_argument("--rows", help="comma-separated subset of rows (default: all; see bench/rows.py)")
     parser.add_argument("--workers", type=int, default=2, help="training processes at a time (default 2)")
     parser.add_argument("--quick", action="store_true",
@@ -51,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from agq.io import atomic_write_bytes
 
     counts = (args.seeds, args.workers, args.cost_rounds, args.cost_steps, args.cost_batch)
-    if min(counts) < 1 or args.ablation_seeds < 0:
-        raise AgqError("--seeds/--workers/--cost-* must be >= 1 and --ablation-seeds >= 0")
+    if min(counts) < 1 or args.ablation_seeds < 0 or args.first_seed < 0:
+        raise AgqError("--seeds/--workers/--cost-* must be >= 1 and --ablation-seeds/--first-seed >= 0")
     rows = args.rows.split(",") if args.rows else None
     for name in rows or []:
         row(name)  # an unknown row stops here, before anything runs
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if "accuracy" in parts:
         extra = accuracy.QUICK if args.quick else []
         seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
-        accuracy.run_all(records, extra, accuracy.jobs(seeds, ablation, rows), args.workers,
+        accuracy.run_all(records, extra, accuracy.jobs(seeds, ablation, rows, args.first_seed), args.workers,
                          args.config or accuracy.BASE_CONFIG)
     if "cost" in parts:
         from agq.bench.cost import run_cost

@@ -154,6 +154,13 @@ def test_job_order_pretrains_first_then_the_core_rows_of_every_seed():
     assert keys[4 + len(expected):] == ["pretrain_ag_pretrain_s0", *(f"{n}_s0" for n in ablations)]
 
 
+def test_first_seed_shifts_every_seed_of_the_job_list():
+    assert [j.key for j in jobs(1, 0, ["plain", "plain_ag"], first_seed=4)] == [
+        "pretrain_plain_s4", "plain_s4", "plain_ag_s4"]
+    assert [j.seed for j in jobs(2, 1, first_seed=3)] == [
+        j.seed + 3 for j in jobs(2, 1)]
+
+
 def test_every_row_is_a_valid_config_and_maps_back_to_itself():
     base = load_config(accuracy.BASE_CONFIG)
     for r in ROWS:

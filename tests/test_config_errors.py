@@ -124,7 +124,8 @@ def test_a_folder_where_a_file_belongs_is_named_as_one(capsys, tmp_path, command
             "build": ["--model", str(folder), "--out", str(tmp_path / "out")],
             "rtlsim": ["--build", str(folder)]}[command]
     code = main([command, *args])
-    assert_one_line_error(code, capsys.readouterr().err, str(folder), "is a folder, not a file", command=command)
+    assert_one_line_error(code, capsys.readouterr().err, str(folder), "is a folder, not a file",
+                          command=command)
     assert not (tmp_path / "out").exists()
 
 

@@ -184,3 +184,36 @@ def test_training_evaluates_mixed_precision_epochs_with_recalibrated_bn(tmp_path
     assert main(args) == 0
     rows = json.loads((out / "digits_tiny" / "metrics.json").read_text())
     assert [r["bn_recalibrated"] for r in rows if r["phase"] == "finetune"] == [True, True, False]
+
+
+def test_every_epoch_recalibration_changes_only_the_bn_statistics(tmp_path):
+    """train.bn_recalibration=every_epoch re-estimates BN after every fine-tuning epoch: training (weights,
+    losses) is the same as without it, and each row keeps the running-average score; in the first epoch
+    that equals the score without recalibration (later, the running averages start from recalibrated
+    statistics, which they forget at BN's momentum: 0.9 per step)."""
+    import json
+
+    from agq.training.checkpoint import load_checkpoint
+
+    from agq.cli import main
+
+    def train(mode: str) -> tuple[list[dict], dict]:
+        out = tmp_path / mode
+        args = ["train", "--config", "digits_tiny", "--no-progress", "--set", f"train.output_dir={out}",
+                "--set", "train.pretrain_epochs=1", "--set", "train.epochs=2", "--set",
+                "data.limit_train=256", "--set", "ssp.enabled=false",
+                "--set", f"train.bn_recalibration={mode}"]
+        assert main(args) == 0
+        rows = json.loads((out / "digits_tiny" / "metrics.json").read_text())
+        return rows, load_checkpoint(out / "digits_tiny" / "last.pt")["model"]
+
+    plain_rows, plain_state = train("mixed_precision_epochs")
+    rows, state = train("every_epoch")
+    finetune = [r for r in rows if r["phase"] == "finetune"]
+    assert [r["bn_recalibrated"] for r in finetune] == [True, True]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in plain_rows]
+    assert finetune[0]["running_bn_test_F_top1"] == next(r for r in plain_rows if r["phase"] == "finetune")[
+        "test_F_top1"]
+    stats = [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(torch.equal(state[k], plain_state[k]) for k in state if k not in stats)
+    assert not all(torch.equal(state[k], plain_state[k]) for k in stats)

@@ -277,6 +277,11 @@ class TrainConfig:
     lr_schedule: Literal["step", "cosine"] = "step"
     lr_milestones: list[float] = field(default_factory=lambda: [25 / 35, 30 / 35])
     lr_gamma: float = 0.1
+    # when F's BN statistics are re-estimated over training batches (training/bn_recalibration.py) before
+    # the evaluation and checkpoint of a fine-tuning epoch: only after epochs in which SSP ran fragments in
+    # full precision, or after every epoch (the running averages trail weights that are still moving; the
+    # running-average score is kept beside the recalibrated one in each epoch's row)
+    bn_recalibration: Literal["mixed_precision_epochs", "every_epoch"] = "mixed_precision_epochs"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0

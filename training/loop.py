@@ -256,14 +256,18 @@ class _Run:
             self.node.share_buffers(objective)
             objective.eval()
             mixed = objective.delta(float(epoch)) > 0  # BN statistics of a mixed-precision epoch
-            if mixed:
+            every = tcfg.bn_recalibration == "every_epoch"
+            if every:  # what F scores with the running averages of its training batches
+                row |= {f"running_bn_{k}": v for k, v in self._evaluate(objective.evaluate).items()}
+            if mixed or every:
                 recalibrate_bn(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
                                CALIBRATION_BATCHES)
                 self.node.share_buffers(objective)
             row |= self._evaluate(objective.evaluate)
             if self.cfg.ssp.enabled:
                 row["ssp_delta"] = objective.delta(float(epoch))  # at the start of the epoch
-                row["bn_recalibrated"] = mixed
+            if self.cfg.ssp.enabled or every:
+                row["bn_recalibrated"] = mixed or every
             self._end_epoch(row, objective, objective.deployable().state_dict(), optimizer, scheduler)
         return objective
 
