@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agq.bench import cost, hardware, table, zero_grad
+from agq.bench import bn_stability, cost, hardware, table, zero_grad
 
 from agq.io import atomic_write_bytes
 from agq.io import write_json as _write_json
@@ -31,14 +31,16 @@ def write_accuracy(records: list[dict[str, Any]], out: Path, heading: str) -> st
     table.check_shared_starts(records)
     stats, pairs = table.summary(records), table.paired(records)
     gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
-    pre = table.pretraining(records)
+    pre, steady = table.pretraining(records), bn_stability.stability(records)
     write_json(out / "accuracy.json", {"title": heading, "rows": stats, "paired": pairs, "gap_closed": gaps,
-                                        "pretraining": pre, "curves": table.curves(records)})
+                                        "pretraining": pre, "curves": table.curves(records)}
+               | ({"bn_stability": steady} if steady else {}))
     png = table.fig3_png(records)
     if png is not None:
         atomic_write_bytes(out / "fig3.png", png)
     plateau = "\n" + table.pretraining_markdown(pre) if pre else ""
-    return table.markdown(stats, heading, pairs, gaps) + plateau
+    stable = "\n" + bn_stability.markdown(steady) if steady else ""
+    return table.markdown(stats, heading, pairs, gaps) + plateau + stable
 
 
 def cost_png(report: dict[str, Any]) -> bytes:

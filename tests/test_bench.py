@@ -297,6 +297,27 @@ def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
         "plain_s0.json", "plain_s1.json", "residual_s0.json", "residual_s1.json"]
 
 
+def test_bn_stability_reads_both_scores_of_the_records_that_have_them(tmp_path, capsys):
+    """Final top-1 and the range over the last 10 epochs, with running averages and re-estimated BN; a
+    record scored one way only is left out of that table."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    recalibrated = [90.0] * 8 + [94.0, 95.0, 94.5, 95.5]
+    running = [90.0, 94.0, 20.0] + [94.0] * 8 + [60.0]  # the last 10 epochs span 20.0 .. 94.0
+    both = record("plain", 4, recalibrated)
+    finetune = [h for h in both["history"] if h["phase"] == "finetune"]
+    for h, v in zip(finetune, running, strict=True):
+        h["running_bn_test_F_top1"] = v
+    (runs / "plain_s4.json").write_text(json.dumps(both))
+    (runs / "plain_s3.json").write_text(json.dumps(record("plain", 3, recalibrated)))
+    assert main(["bench", "--only", "report", "--out", str(tmp_path)]) == 0
+    steady = json.loads((tmp_path / "accuracy.json").read_text())["bn_stability"]
+    assert steady == [{"row": "plain", "seed": 4, "last_epochs": 10,
+                       "running": {"final": 60.0, "range_last": 74.0},
+                       "recalibrated": {"final": 95.5, "range_last": 5.5}}]
+    assert "| plain 2-bit | 4 | 60.00 | 95.50 | 74.00 | 5.50 |" in (tmp_path / "README.md").read_text()
+
+
 def _setting(folder, epochs: int, rows: dict[str, list], lr: float = 1e-3) -> None:
     """A results folder of one setting: each row's final top-1 per seed (or its fine-tuning epochs' top-1),
     configs as agq bench writes them."""
