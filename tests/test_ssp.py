@@ -217,3 +217,51 @@ def test_every_epoch_recalibration_changes_only_the_bn_statistics(tmp_path):
     stats = [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert stats and all(torch.equal(state[k], plain_state[k]) for k in state if k not in stats)
     assert not all(torch.equal(state[k], plain_state[k]) for k in stats)
+
+
+def test_frozen_bn_epochs_train_on_the_statistics_they_are_evaluated_with(tmp_path, monkeypatch):
+    """train.bn_freeze_epochs=2 of 4: the statistics are re-estimated once, after epoch 2, and then stay
+    as they are while every weight (BN's affine ones included) still learns; epochs 1-2 train as without
+    the option."""
+    import copy
+
+    from agq.training import loop
+    from agq.training.config import load_config
+
+    saved: dict[str, list[dict]] = {}
+    end_epoch = loop._Run._end_epoch
+
+    def keep(self, row, module, model_state, optimizer, scheduler):
+        saved.setdefault(self.cfg.train.output_dir, []).append((dict(row), copy.deepcopy(model_state)))
+        end_epoch(self, row, module, model_state, optimizer, scheduler)
+
+    monkeypatch.setattr(loop._Run, "_end_epoch", keep)
+
+    def run(freeze: int) -> list[tuple[dict, dict]]:
+        out = str(tmp_path / str(freeze))
+        cfg = load_config("digits_tiny", [f"train.output_dir={out}", "train.pretrain_epochs=1",
+                                          "train.epochs=4", "data.limit_train=256", "ssp.enabled=false",
+                                          f"train.bn_freeze_epochs={freeze}"])
+        loop.train(cfg, progress=False)
+        return [(r, m) for r, m in saved[out] if r["phase"] == "finetune"]
+
+    frozen, free = run(2), run(0)
+    assert [(r["bn_recalibrated"], r["bn_frozen"]) for r, _ in frozen] == [
+        (False, False), (True, False), (False, True), (False, True)]
+    assert [r["train_loss"] for r, _ in frozen[:2]] == [r["train_loss"] for r, _ in free[:2]]
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    after_recalibration, last = frozen[1][1], frozen[3][1]
+    assert all(torch.equal(last[k], v) for k, v in after_recalibration.items() if k.endswith(stats))
+    learned = [k for k, v in after_recalibration.items()
+               if not k.endswith(stats) and not torch.equal(last[k], v)]
+    assert any(k.endswith("bn.weight") for k in learned) and any(k.endswith("conv.weight") for k in learned)
+    assert not torch.equal(free[3][1]["head.bn.running_mean"], free[1][1]["head.bn.running_mean"])
+
+
+def test_bn_freeze_epochs_must_leave_an_epoch_with_batch_statistics(capsys):
+    from agq.cli import main
+
+    code = main(["train", "--config", "digits_tiny", "--set", "train.epochs=3",
+                 "--set", "train.bn_freeze_epochs=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train.bn_freeze_epochs=3" in err[0]

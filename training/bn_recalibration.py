@@ -1,4 +1,5 @@
-"""Re-estimate BN statistics after SSP's mixed-precision epochs, for the network that is evaluated and saved.
+"""Re-estimate BN statistics after SSP's mixed-precision epochs, for the network that is evaluated and saved;
+and freeze them for the last fine-tuning epochs (``train.bn_freeze_epochs``).
 
 During an epoch in which SSP runs fragments in full precision (delta > 0), F's BN running statistics
 average over batches of mixed precision, while the F evaluated and saved after the epoch is fully
@@ -19,6 +20,16 @@ from agq.training.objective import TrainingObjective
 from torch import nn
 
 CALIBRATION_BATCHES = 32  # 4,096 images at batch 128: enough for per-channel means of a few hundred channels
+
+
+def freeze_bn(module: nn.Module) -> None:
+    """Put every BN layer of ``module`` in eval mode inside a training epoch: it normalises with its
+    running statistics and no longer updates them, while its affine weights still learn. Quantization-aware
+    training commonly ends so (PyTorch's QAT freezes BN statistics too): F then trains on exactly the
+    normalisation it is evaluated and deployed with, instead of each batch's own statistics."""
+    for norm in module.modules():
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            norm.eval()
 
 
 @torch.no_grad()

@@ -282,6 +282,9 @@ class TrainConfig:
     # full precision, or after every epoch (the running averages trail weights that are still moving; the
     # running-average score is kept beside the recalibrated one in each epoch's row)
     bn_recalibration: Literal["mixed_precision_epochs", "every_epoch"] = "mixed_precision_epochs"
+    # the last bn_freeze_epochs fine-tuning epochs train F with its BN statistics fixed (re-estimated once
+    # before the first of them), so that F trains on the normalisation it is evaluated and deployed with
+    bn_freeze_epochs: int = 0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
@@ -296,6 +299,10 @@ class TrainConfig:
             raise AgqError("config train.weight_decay/pretrain_weight_decay: must be >= 0")
         if self.seed < 0:
             raise AgqError(f"config train.seed={self.seed}: must be >= 0")
+        if self.bn_freeze_epochs < 0 or (self.epochs and self.bn_freeze_epochs >= self.epochs):
+            raise AgqError(f"config train.bn_freeze_epochs={self.bn_freeze_epochs}: must be >= 0 and less "
+                           f"than train.epochs={self.epochs} (the statistics are estimated after an epoch "
+                           "with batch statistics)")
         if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
             raise AgqError("config train.lr_milestones: fractions of the fine-tuning epochs, in (0, 1]")
 
@@ -320,6 +327,11 @@ class Config:
         if self.ag.enabled and self.ag.pretrain and self.train.pretrain_epochs == 0:
             raise AgqError("config ag.pretrain=true needs pre-training, but train.pretrain_epochs=0; "
                            "set ag.pretrain=false or train.pretrain_epochs >= 1")
+        if self.ssp.enabled and self.train.bn_freeze_epochs and \
+                self.ssp.decay_epochs > self.train.epochs - self.train.bn_freeze_epochs:
+            raise AgqError(f"config train.bn_freeze_epochs={self.train.bn_freeze_epochs}: overlaps SSP's "
+                           f"mixed-precision epochs (ssp.decay_epochs={self.ssp.decay_epochs} of "
+                           f"train.epochs={self.train.epochs}); frozen statistics are fully quantized F's")
         if self.ssp.enabled and 0 < self.train.epochs < self.ssp.decay_epochs:
             raise AgqError(
                 f"config ssp.decay_epochs={self.ssp.decay_epochs} exceeds train.epochs={self.train.epochs}: "

@@ -226,7 +226,7 @@ class _Run:
             self.pretrained_ag = module.ag.state_dict()
 
     def _finetune(self, state: dict[str, Any] | None) -> nn.Module:
-        from agq.training.bn_recalibration import CALIBRATION_BATCHES, recalibrate_bn
+        from agq.training.bn_recalibration import CALIBRATION_BATCHES, freeze_bn, recalibrate_bn
         from agq.training.objective import build_objective
 
         tcfg, model = self.cfg.train, self.model
@@ -248,8 +248,12 @@ class _Run:
                 scheduler.step()
             return loss.detach()
 
+        first_frozen = tcfg.epochs - tcfg.bn_freeze_epochs
         for epoch in range(start, tcfg.epochs):
+            frozen = epoch >= first_frozen  # F trains on the fixed statistics it is evaluated with
             objective.train()
+            if frozen:
+                freeze_bn(objective.deployable())
             row = self._epoch("finetune", epoch, tcfg.epochs, step, optimizer)
             if not per_step:
                 scheduler.step()
@@ -259,15 +263,19 @@ class _Run:
             every = tcfg.bn_recalibration == "every_epoch"
             if every:  # what F scores with the running averages of its training batches
                 row |= {f"running_bn_{k}": v for k, v in self._evaluate(objective.evaluate).items()}
-            if mixed or every:
+            # the statistics that the frozen epochs will train on are estimated once, before the first
+            recalibrate = not frozen and (mixed or every or epoch + 1 == first_frozen)
+            if recalibrate:
                 recalibrate_bn(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
                                CALIBRATION_BATCHES)
                 self.node.share_buffers(objective)
             row |= self._evaluate(objective.evaluate)
             if self.cfg.ssp.enabled:
                 row["ssp_delta"] = objective.delta(float(epoch))  # at the start of the epoch
-            if self.cfg.ssp.enabled or every:
-                row["bn_recalibrated"] = mixed or every
+            if self.cfg.ssp.enabled or every or tcfg.bn_freeze_epochs:
+                row["bn_recalibrated"] = recalibrate
+            if tcfg.bn_freeze_epochs:
+                row["bn_frozen"] = frozen
             self._end_epoch(row, objective, objective.deployable().state_dict(), optimizer, scheduler)
         return objective
 
