@@ -2,10 +2,12 @@
 [--settings A,B]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
-zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); hw: FINN estimates and
-RTL-simulation cycles of the default model; report: only rebuild README.md and the tables from the
-results present (e.g. while the accuracy part is still running); convergence: accuracy against fine-tuning
-length across the result folders of ``--settings`` (bench/convergence.py). Results: bench/results/.
+zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
+with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs); hw: FINN
+estimates and RTL-simulation cycles of the default model; report: only rebuild README.md and the tables
+from the results present (e.g. while the accuracy part is still running); convergence: accuracy against
+fine-tuning length across the result folders of ``--settings`` (bench/convergence.py). Results:
+bench/results/.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ RESULTS = Path("bench/results")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
-    parser.add_argument("--only", choices=(*PARTS, "report", "convergence"),
+    parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "convergence"),
                         help="run one part, or only rebuild the report (default: every part)")
     parser.add_argument("--settings", help="--only convergence: comma-separated result folders (a name "
                         "under bench/results or a path) of settings that differ only in fine-tuning epochs")
@@ -96,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
 
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
-    if "zero_grad" in parts and not args.quick:
-        from agq.bench.zero_grad import measure
-        from agq.training.config import load_config
+    from agq.bench import bn_sensitivity, zero_grad
 
-        runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
-        report.write_json(out / "zero_grad.json", measure(runs))
+    for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity)):
+        if name in parts and not args.quick:  # these read the accuracy part's run folders
+            from agq.training.config import load_config
+
+            runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
+            report.write_json(out / f"{name}.json", part.measure(runs))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records, args.config or accuracy.BASE_CONFIG)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agq.bench import bn_stability, cost, hardware, table, zero_grad
+from agq.bench import bn_sensitivity, bn_stability, cost, hardware, table, zero_grad
 
 from agq.io import atomic_write_bytes
 from agq.io import write_json as _write_json
@@ -79,9 +79,9 @@ def write_readme(out: Path, records_dir: Path, base: Path | str) -> Path:
         report = json.loads(cost_json.read_text())
         atomic_write_bytes(out / "cost.png", cost_png(report))
         parts += ["", cost.markdown(report), "![cost per step](cost.png)"]
-    zero_json = out / "zero_grad.json"
-    if zero_json.is_file():
-        parts += ["", zero_grad.markdown(json.loads(zero_json.read_text()))]
+    for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity)):
+        if (out / f"{name}.json").is_file():
+            parts += ["", part.markdown(json.loads((out / f"{name}.json").read_text()))]
     hw_json = out / "hardware.json"
     if hw_json.is_file():
         parts += ["", hardware.markdown(json.loads(hw_json.read_text()))]

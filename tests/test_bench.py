@@ -370,3 +370,25 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     assert not any((tmp_path / f"out{k}").exists() for k in (2, 3, 4))
     assert main(["bench", "--only", "convergence"]) == 2
     assert "--only convergence needs --settings" in capsys.readouterr().err
+
+
+def test_bn_sensitivity_scores_the_saved_statistics_as_training_did(tmp_path, capsys):
+    """The part reads each fine-tuned run's checkpoint.pt; scored with its saved statistics, F gives the
+    run's own last test top-1; the other scores are percentages; no run folder is one line."""
+    from agq.bench import bn_sensitivity
+
+    out = tmp_path / "runs"
+    with pytest.raises(AgqError, match="needs fine-tuned runs"):
+        bn_sensitivity.measure(out)
+    assert main(["train", "--config", DIGITS, "--no-progress", "--set", f"train.output_dir={out}",
+                 "--set", "train.pretrain_epochs=1", "--set", "train.epochs=1", "--set",
+                 "data.limit_train=256", "--set", "ssp.enabled=false"]) == 0
+    report = bn_sensitivity.measure(out)
+    (name, scores), = report["runs"].items()
+    last = json.loads((out / name / "metrics.json").read_text())[-1]
+    assert scores["saved"] == pytest.approx(last["test_F_top1"])
+    assert len(scores["reestimated_32_batches"]) == bn_sensitivity.DRAWS
+    values = [scores["test_batch_statistics"], scores["reestimated_all_batches"],
+              *scores["reestimated_32_batches"]]
+    assert all(0.0 <= v <= 100.0 for v in values)
+    assert f"| {name} | {scores['saved']:.2f} |" in bn_sensitivity.markdown(report)
