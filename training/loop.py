@@ -264,7 +264,8 @@ class _Run:
             if every:  # what F scores with the running averages of its training batches
                 row |= {f"running_bn_{k}": v for k, v in self._evaluate(objective.evaluate).items()}
             # the statistics that the frozen epochs will train on are estimated once, before the first
-            recalibrate = not frozen and (mixed or every or epoch + 1 == first_frozen)
+            freezing_next = tcfg.bn_freeze_epochs > 0 and epoch + 1 == first_frozen
+            recalibrate = not frozen and (mixed or every or freezing_next)
             if recalibrate:
                 recalibrate_bn(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
                                CALIBRATION_BATCHES)
