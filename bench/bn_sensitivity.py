@@ -17,7 +17,6 @@ from typing import Any
 from agq.errors import AgqError
 
 DRAWS = 5
-EVAL_BATCH = 128
 DRAW_EPOCH = 10_000  # calibration batches come from epochs no training run reaches
 
 
@@ -30,12 +29,14 @@ def _norms(model: Any) -> list[Any]:
 def sensitivity(checkpoint: Path) -> dict[str, Any]:
     """The scores above (top-1 %) and the low-variance channels of the F in ``checkpoint``."""
     import torch
-    from agq.training.batches import TrainBatches, eval_batches
+    from agq.training.batches import TrainBatches
     from agq.training.bn_recalibration import CALIBRATION_BATCHES
     from agq.training.checkpoint import load_checkpoint
     from agq.training.config import config_from_dict
     from agq.training.data import load_splits
     from agq.training.distributed import Cluster
+    from agq.training.loop import EVAL_BATCH
+    from agq.training.metrics import accuracy
     from agq.training.models import build_model
 
     payload = load_checkpoint(checkpoint)
@@ -49,18 +50,17 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
 
     @torch.no_grad()
     def score(batch_statistics: bool = False) -> float:
+        """Top-1 % as training evaluates (its batch of 500); with batch statistics, over training's batch."""
         model.eval()
         for norm in norms if batch_statistics else []:
             norm.train()
             norm.momentum = 0.0  # normalise with the batch's statistics, keep the running ones
-        correct = seen = 0
-        for x, y in eval_batches(splits.test, EVAL_BATCH, cluster):
-            correct += int((model(x).argmax(1) == y).sum())
-            seen += len(y)
+        batch = cfg.data.batch_size if batch_statistics else EVAL_BATCH
+        top1 = accuracy(lambda x: {"F": model(x)}, splits.test, batch, cluster)["F_top1"]
         for norm in norms:
             norm.momentum = 0.1
         model.eval()
-        return 100.0 * correct / seen
+        return top1
 
     @torch.no_grad()
     def reestimate(epoch: int, steps: int) -> float:
