@@ -20,17 +20,11 @@ DRAWS = 5
 DRAW_EPOCH = 10_000  # calibration batches come from epochs no training run reaches
 
 
-def _norms(model: Any) -> list[Any]:
-    from torch import nn
-
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
 def sensitivity(checkpoint: Path) -> dict[str, Any]:
     """The scores above (top-1 %) and the low-variance channels of the F in ``checkpoint``."""
     import torch
     from agq.training.batches import TrainBatches
-    from agq.training.bn_recalibration import CALIBRATION_BATCHES
+    from agq.training.bn_recalibration import CALIBRATION_BATCHES, batch_norms, recalibrate_bn
     from agq.training.checkpoint import load_checkpoint
     from agq.training.config import config_from_dict
     from agq.training.data import load_splits
@@ -46,36 +40,30 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
     splits, cluster = load_splits(cfg.data), Cluster(0, 1, torch.device("cpu"))
     batches = TrainBatches(splits.train, cfg.data.batch_size, cfg.data.dataset, cfg.data.augment,
                            cfg.train.seed, cluster)
-    norms = _norms(model)
+    norms = batch_norms(model)
 
     @torch.no_grad()
     def score(batch_statistics: bool = False) -> float:
         """Top-1 % as training evaluates (its batch of 500); with batch statistics, over training's batch."""
         model.eval()
+        momenta = [norm.momentum for norm in norms]
         for norm in norms if batch_statistics else []:
             norm.train()
             norm.momentum = 0.0  # normalise with the batch's statistics, keep the running ones
         batch = cfg.data.batch_size if batch_statistics else EVAL_BATCH
         top1 = accuracy(lambda x: {"F": model(x)}, splits.test, batch, cluster)["F_top1"]
-        for norm in norms:
-            norm.momentum = 0.1
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
         model.eval()
         return top1
 
-    @torch.no_grad()
     def reestimate(epoch: int, steps: int) -> float:
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None
-            norm.train()
-        for i, (x, _) in enumerate(batches.epoch(epoch)):
-            if i == steps:
-                break
-            model(x)
+        recalibrate_bn(model, model, batches.epoch(epoch), steps)
         return score()
 
     eps = norms[0].eps if norms else 0.0
-    low = {name: int((m.running_var < m.eps).sum()) for name, m in model.named_modules() if m in norms}
+    names = {m: name for name, m in model.named_modules()}
+    low = {names[m]: int((m.running_var < m.eps).sum()) for m in norms}
     result = {"saved": score(), "test_batch_statistics": score(batch_statistics=True),
               f"reestimated_{CALIBRATION_BATCHES}_batches": [
                   reestimate(DRAW_EPOCH + d, CALIBRATION_BATCHES) for d in range(DRAWS)],

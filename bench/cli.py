@@ -99,11 +99,10 @@ def run(args: argparse.Namespace) -> int:
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
     from agq.bench import bn_sensitivity, zero_grad
+    from agq.training.config import load_config
 
     for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity)):
         if name in parts and not args.quick:  # these read the accuracy part's run folders
-            from agq.training.config import load_config
-
             runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
             report.write_json(out / f"{name}.json", part.measure(runs))
     if "hw" in parts:

@@ -159,7 +159,7 @@ def test_bn_recalibration_estimates_fully_quantized_statistics():
     hook.remove()
     old_mean = norms[0].running_mean.clone()
 
-    recalibrate_bn(objective, iter(batches), steps=2)
+    recalibrate_bn(objective, objective.evaluate, iter(batches), steps=2)
 
     first = norms[0]
     assert not first.training and first.momentum == 0.1 and not objective.training

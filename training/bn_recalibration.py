@@ -13,13 +13,17 @@ holds. Brevitas and torch have no such step; it is written here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-from agq.training.objective import TrainingObjective
 from torch import nn
 
 CALIBRATION_BATCHES = 32  # 4,096 images at batch 128: enough for per-channel means of a few hundred channels
+
+
+def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BN layer in ``module``, in module order."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def freeze_bn(module: nn.Module) -> None:
@@ -27,17 +31,18 @@ def freeze_bn(module: nn.Module) -> None:
     running statistics and no longer updates them, while its affine weights still learn. Quantization-aware
     training commonly ends so (PyTorch's QAT freezes BN statistics too): F then trains on exactly the
     normalisation it is evaluated and deployed with, instead of each batch's own statistics."""
-    for norm in module.modules():
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-            norm.eval()
+    for norm in batch_norms(module):
+        norm.eval()
 
 
 @torch.no_grad()
-def recalibrate_bn(objective: TrainingObjective, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                   steps: int) -> None:
-    """Set every BN layer of ``objective`` (in eval mode, every fragment quantized) to the mean and
-    variance of its inputs over the first ``steps`` of ``batches``; the layers' momentum and mode return."""
-    norms = [m for m in objective.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def recalibrate_bn(module: nn.Module, forward: Callable[[torch.Tensor], object],
+                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
+    """Set every BN layer of ``module`` (in eval mode otherwise; a training objective runs every fragment
+    quantized) to the mean and variance of its inputs over the first ``steps`` of ``batches``, run through
+    ``forward`` (a training objective's ``evaluate``, or a network itself); the layers' momentum and mode
+    return."""
+    norms = batch_norms(module)
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
@@ -47,7 +52,7 @@ def recalibrate_bn(objective: TrainingObjective, batches: Iterable[tuple[torch.T
         for i, (x, _) in enumerate(batches):
             if i == steps:
                 break
-            objective.evaluate(x)
+            forward(x)
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum

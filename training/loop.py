@@ -249,6 +249,7 @@ class _Run:
             return loss.detach()
 
         first_frozen = tcfg.epochs - tcfg.bn_freeze_epochs
+        every = tcfg.bn_recalibration == "every_epoch"
         for epoch in range(start, tcfg.epochs):
             frozen = epoch >= first_frozen  # F trains on the fixed statistics it is evaluated with
             objective.train()
@@ -260,15 +261,14 @@ class _Run:
             self.node.share_buffers(objective)
             objective.eval()
             mixed = objective.delta(float(epoch)) > 0  # BN statistics of a mixed-precision epoch
-            every = tcfg.bn_recalibration == "every_epoch"
             if every:  # what F scores with the running averages of its training batches
                 row |= {f"running_bn_{k}": v for k, v in self._evaluate(objective.evaluate).items()}
             # the statistics that the frozen epochs will train on are estimated once, before the first
             freezing_next = tcfg.bn_freeze_epochs > 0 and epoch + 1 == first_frozen
             recalibrate = not frozen and (mixed or every or freezing_next)
             if recalibrate:
-                recalibrate_bn(objective, self.batches.epoch(self._global_epoch("finetune", epoch)),
-                               CALIBRATION_BATCHES)
+                recalibrate_bn(objective, objective.evaluate,
+                               self.batches.epoch(self._global_epoch("finetune", epoch)), CALIBRATION_BATCHES)
                 self.node.share_buffers(objective)
             row |= self._evaluate(objective.evaluate)
             if self.cfg.ssp.enabled:
