@@ -297,9 +297,10 @@ def test_report_only_rebuilds_the_tables_without_training(tmp_path, capsys):
         "plain_s0.json", "plain_s1.json", "residual_s0.json", "residual_s1.json"]
 
 
-def test_bn_stability_reads_both_scores_of_the_records_that_have_them(tmp_path, capsys):
-    """Final top-1 and the range over the last 10 epochs, with running averages and re-estimated BN; a
-    record scored one way only is left out of that table."""
+def test_bn_stability_gives_every_record_its_range_and_running_averages_where_recorded(tmp_path, capsys):
+    """Final top-1 and the range over the last 10 epochs as training scored them; a record that also scored
+    with BN's running averages (every_epoch re-estimation) has those beside, one that did not has none; a
+    run shorter than 10 epochs has no such window and is left out."""
     runs = tmp_path / "runs"
     runs.mkdir()
     recalibrated = [90.0] * 8 + [94.0, 95.0, 94.5, 95.5]
@@ -309,13 +310,18 @@ def test_bn_stability_reads_both_scores_of_the_records_that_have_them(tmp_path, 
     for h, v in zip(finetune, running, strict=True):
         h["running_bn_test_F_top1"] = v
     (runs / "plain_s4.json").write_text(json.dumps(both))
-    (runs / "plain_s3.json").write_text(json.dumps(record("plain", 3, recalibrated)))
+    (runs / "plain_s3.json").write_text(json.dumps(record("plain", 3, running)))
+    (runs / "plain_s2.json").write_text(json.dumps(record("plain", 2, running[:9])))
     assert main(["bench", "--only", "report", "--out", str(tmp_path)]) == 0
     steady = json.loads((tmp_path / "accuracy.json").read_text())["bn_stability"]
-    assert steady == [{"row": "plain", "seed": 4, "last_epochs": 10,
-                       "running": {"final": 60.0, "range_last": 74.0},
-                       "recalibrated": {"final": 95.5, "range_last": 5.5}}]
-    assert "| plain 2-bit | 4 | 60.00 | 95.50 | 74.00 | 5.50 |" in (tmp_path / "README.md").read_text()
+    assert steady == [{"row": "plain", "seed": 3, "last_epochs": 10,
+                       "scored": {"final": 60.0, "range_last": 74.0}, "running": None},
+                      {"row": "plain", "seed": 4, "last_epochs": 10,
+                       "scored": {"final": 95.5, "range_last": 5.5},
+                       "running": {"final": 60.0, "range_last": 74.0}}]
+    readme = (tmp_path / "README.md").read_text()
+    assert "| plain 2-bit | 3 | 60.00 | 74.00 | - | - |" in readme
+    assert "| plain 2-bit | 4 | 95.50 | 5.50 | 60.00 | 74.00 |" in readme
 
 
 def _setting(folder, epochs: int, rows: dict[str, list], lr: float = 1e-3) -> None:
