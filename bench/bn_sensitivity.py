@@ -7,6 +7,13 @@ statistics, with each test batch's own statistics (BN as in training), with stat
 does), and over every training batch. A network that scores alike under all of them can be evaluated
 with fixed statistics; one that does not works only with the statistics of the batch in hand. Also lists
 the BN channels whose running variance is under BN's eps. Reads the accuracy benchmark's run folders.
+
+Where the switch comes from: MNIST's blank background gives every early layer one constant value over most
+of the image, so each channel's background is a point mass, and BN places it on the activation quantizer's
+scale. A point mass a hair from a rounding threshold (k + 1/2 steps) flips its level for every background
+pixel at once when the statistics move a little. So this also places a blank image's centre pixel, before
+rounding, for every quantized ReLU: the channels within ``MARGIN`` steps of a threshold under the saved
+statistics, and how many channels change level under each draw of re-estimated statistics.
 """
 
 from __future__ import annotations
@@ -18,6 +25,52 @@ from agq.errors import AgqError
 
 DRAWS = 5
 DRAW_EPOCH = 10_000  # calibration batches come from epochs no training run reaches
+MARGIN = 0.05  # quantization steps: a blank-image value this close to a rounding threshold is listed
+
+
+def blank_image_steps(model: Any, image: Any) -> dict[str, Any]:
+    """Per quantized ReLU: the pre-rounding value of ``image``'s centre pixel in quantization steps, per
+    channel (the ReLU's input over its scale), and the highest level of that quantizer."""
+    import torch
+    from brevitas.nn import QuantReLU
+
+    acts = {name: m for name, m in model.named_modules() if isinstance(m, QuantReLU)}
+    seen: dict[str, Any] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, i[0].detach()))
+             for name, m in acts.items()]
+    model.eval()
+    with torch.no_grad():
+        model(image)
+    for hook in hooks:
+        hook.remove()
+    out = {}
+    for name, m in acts.items():
+        x = seen[name][0]
+        centre = x[:, x.shape[-2] // 2, x.shape[-1] // 2] if x.dim() == 3 else x
+        out[name] = (centre / m.act_quant.scale().detach()).flatten(), 2 ** int(m.act_quant.bit_width()) - 1
+    return out
+
+
+def near_thresholds(steps: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """[channel, value in steps] of every channel within ``MARGIN`` of a rounding threshold k + 1/2."""
+    near = {}
+    for name, (values, top) in steps.items():
+        hits = [[c, round(float(v), 3)] for c, v in enumerate(values)
+                if 0 <= float(v) < top and abs(float(v) - int(float(v)) - 0.5) < MARGIN]
+        if hits:
+            near[name] = hits
+    return near
+
+
+def levels(steps: dict[str, Any]) -> dict[str, Any]:
+    """The level each channel's value rounds to (clamped to the quantizer's range)."""
+    return {name: values.round().clamp(0, top) for name, (values, top) in steps.items()}
+
+
+def changed(a: dict[str, Any], b: dict[str, Any]) -> int:
+    """How many channels round to different levels under ``a`` and ``b``: over all layers, so a change's
+    consequences downstream count too."""
+    return sum(int((a[name] != b[name]).sum()) for name in a)
 
 
 def sensitivity(checkpoint: Path) -> dict[str, Any]:
@@ -57,8 +110,13 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
         model.eval()
         return top1
 
+    blank = torch.zeros(1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    saved_steps = blank_image_steps(model, blank)
+    saved_levels, flips = levels(saved_steps), []
+
     def reestimate(epoch: int, steps: int) -> float:
         recalibrate_bn(model, model, batches.epoch(epoch), steps)
+        flips.append(changed(saved_levels, levels(blank_image_steps(model, blank))))
         return score()
 
     eps = norms[0].eps if norms else 0.0
@@ -68,7 +126,9 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
               f"reestimated_{CALIBRATION_BATCHES}_batches": [
                   reestimate(DRAW_EPOCH + d, CALIBRATION_BATCHES) for d in range(DRAWS)],
               "reestimated_all_batches": reestimate(DRAW_EPOCH + DRAWS, len(batches)),
-              "bn_eps": eps, "channels_with_variance_under_eps": {k: v for k, v in low.items() if v}}
+              "bn_eps": eps, "channels_with_variance_under_eps": {k: v for k, v in low.items() if v},
+              "blank_image_margin_steps": MARGIN, "blank_image_near_threshold": near_thresholds(saved_steps)}
+    result["blank_image_level_changes"] = flips  # per re-estimation above: the draws, then all batches
     return result
 
 
@@ -87,11 +147,16 @@ def markdown(report: dict[str, Any]) -> str:
     key = f"reestimated_{CALIBRATION_BATCHES}_batches"
     lines = ["## F's test top-1 % under different BN statistics (final checkpoint)", "",
              f"| run | saved | each test batch's own | re-estimated, {DRAWS} draws of {CALIBRATION_BATCHES} "
-             "batches | re-estimated, all training batches | channels with variance under eps |",
-             "|---" * 6 + "|"]
+             "batches | re-estimated, all training batches | channels with variance under eps | "
+             f"blank-image channels within {MARGIN} steps of a rounding threshold (saved) | "
+             "blank-image channels that change level (all layers), per re-estimation |",
+             "|---" * 8 + "|"]
     for name, r in report["runs"].items():
         draws = ", ".join(f"{v:.2f}" for v in r[key])
         low = sum(r["channels_with_variance_under_eps"].values())
+        near = "; ".join(f"{layer} " + ", ".join(f"ch {c} at {v:.3f}" for c, v in hits)
+                         for layer, hits in r["blank_image_near_threshold"].items()) or "none"
+        flips = ", ".join(str(n) for n in r["blank_image_level_changes"])
         lines.append(f"| {name} | {r['saved']:.2f} | {r['test_batch_statistics']:.2f} | {draws} | "
-                     f"{r['reestimated_all_batches']:.2f} | {low} |")
+                     f"{r['reestimated_all_batches']:.2f} | {low} | {near} | {flips} |")
     return "\n".join(lines) + "\n"

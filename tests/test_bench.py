@@ -397,4 +397,35 @@ def test_bn_sensitivity_scores_the_saved_statistics_as_training_did(tmp_path, ca
     values = [scores["test_batch_statistics"], scores["reestimated_all_batches"],
               *scores["reestimated_32_batches"]]
     assert all(0.0 <= v <= 100.0 for v in values)
+    assert len(scores["blank_image_level_changes"]) == bn_sensitivity.DRAWS + 1
     assert f"| {name} | {scores['saved']:.2f} |" in bn_sensitivity.markdown(report)
+
+
+def test_a_blank_image_value_near_a_rounding_threshold_is_listed_and_its_level_change_counted():
+    """BN of F's first pre-activation layer set to put a blank image's channel 0 at 0.49 steps (listed,
+    rounds to 0), then 0.51 (listed, rounds to 1: one change there); the other channels sit at 2 steps.
+    The count over all layers takes in what the change does downstream."""
+    from agq.bench import bn_sensitivity
+    from agq.training.models import build_model
+
+    model = build_model(load_config(DIGITS).model)
+    name, layer = next((n, m) for n, m in model.named_modules() if hasattr(m, "bn") and hasattr(m, "act"))
+    blank = torch.zeros(1, 1, 8, 8)
+    scale = float(layer.act.act_quant.scale())
+
+    def place(value: float) -> dict:
+        with torch.no_grad():
+            layer.bn.weight.zero_()  # the BN output is its bias alone, whatever the image
+            layer.bn.bias.fill_(2.0 * scale)
+            layer.bn.bias[0] = value * scale
+        return bn_sensitivity.blank_image_steps(model, blank)
+
+    low, high = place(0.49), place(0.51)
+    assert bn_sensitivity.near_thresholds(low)[f"{name}.act"] == [[0, 0.49]]
+    assert bn_sensitivity.near_thresholds(high)[f"{name}.act"] == [[0, 0.51]]
+    assert bn_sensitivity.changed(bn_sensitivity.levels(low), bn_sensitivity.levels(low)) == 0
+    first = f"{name}.act"
+    before, after = bn_sensitivity.levels(low), bn_sensitivity.levels(high)
+    assert bn_sensitivity.changed({first: before[first]}, {first: after[first]}) == 1
+    assert bn_sensitivity.changed(before, after) >= 1
+    assert f"{name}.act" not in bn_sensitivity.near_thresholds(place(0.3))
