@@ -28,49 +28,49 @@ DRAW_EPOCH = 10_000  # calibration batches come from epochs no training run reac
 MARGIN = 0.05  # quantization steps: a blank-image value this close to a rounding threshold is listed
 
 
-def blank_image_steps(model: Any, image: Any) -> dict[str, Any]:
-    """Per quantized ReLU: the pre-rounding value of ``image``'s centre pixel in quantization steps, per
-    channel (the ReLU's input over its scale), and the highest level of that quantizer."""
+def blank_image_grid(model: Any, image: Any) -> dict[str, tuple[Any, Any, int]]:
+    """Per quantized ReLU, per channel of ``image``'s centre pixel: the value before rounding in quantization
+    steps (the ReLU's input over its scale), the level Brevitas' quantizer gives it (its output over the
+    scale), and the quantizer's highest level."""
     import torch
     from brevitas.nn import QuantReLU
 
     acts = {name: m for name, m in model.named_modules() if isinstance(m, QuantReLU)}
     seen: dict[str, Any] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, i[0].detach()))
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0], o)))
              for name, m in acts.items()]
     model.eval()
     with torch.no_grad():
         model(image)
     for hook in hooks:
         hook.remove()
-    out = {}
+
+    def centre(t: Any) -> Any:
+        t = t[0]
+        return (t[:, t.shape[-2] // 2, t.shape[-1] // 2] if t.dim() == 3 else t).flatten()
+
+    grid = {}
     for name, m in acts.items():
-        x = seen[name][0]
-        centre = x[:, x.shape[-2] // 2, x.shape[-1] // 2] if x.dim() == 3 else x
-        out[name] = (centre / m.act_quant.scale().detach()).flatten(), 2 ** int(m.act_quant.bit_width()) - 1
-    return out
+        scale = m.act_quant.scale().detach()
+        before, after = (centre(t) / scale for t in seen[name])
+        grid[name] = before, after.round(), 2 ** int(m.act_quant.bit_width()) - 1
+    return grid
 
 
-def near_thresholds(steps: dict[str, Any]) -> dict[str, list[list[float]]]:
+def near_thresholds(grid: dict[str, tuple[Any, Any, int]]) -> dict[str, list[list[float]]]:
     """[channel, value in steps] of every channel within ``MARGIN`` of a rounding threshold k + 1/2."""
     near = {}
-    for name, (values, top) in steps.items():
-        hits = [[c, round(float(v), 3)] for c, v in enumerate(values)
-                if 0 <= float(v) < top and abs(float(v) - int(float(v)) - 0.5) < MARGIN]
-        if hits:
-            near[name] = hits
+    for name, (values, _, top) in grid.items():
+        close = (values >= 0) & (values < top) & ((values - values.floor() - 0.5).abs() < MARGIN)
+        if close.any():
+            near[name] = [[int(c), round(float(values[c]), 3)] for c in close.nonzero().flatten()]
     return near
 
 
-def levels(steps: dict[str, Any]) -> dict[str, Any]:
-    """The level each channel's value rounds to (clamped to the quantizer's range)."""
-    return {name: values.round().clamp(0, top) for name, (values, top) in steps.items()}
-
-
-def changed(a: dict[str, Any], b: dict[str, Any]) -> int:
-    """How many channels round to different levels under ``a`` and ``b``: over all layers, so a change's
+def changed(a: dict[str, tuple[Any, Any, int]], b: dict[str, tuple[Any, Any, int]]) -> int:
+    """How many channels have different levels in ``a`` and ``b``: over all layers, so a change's
     consequences downstream count too."""
-    return sum(int((a[name] != b[name]).sum()) for name in a)
+    return sum(int((a[name][1] != b[name][1]).sum()) for name in a)
 
 
 def sensitivity(checkpoint: Path) -> dict[str, Any]:
@@ -111,25 +111,25 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
         return top1
 
     blank = torch.zeros(1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    saved_steps = blank_image_steps(model, blank)
-    saved_levels, flips = levels(saved_steps), []
+    saved_grid = blank_image_grid(model, blank)
 
-    def reestimate(epoch: int, steps: int) -> float:
+    def reestimate(epoch: int, steps: int) -> tuple[float, int]:
+        """Top-1 % and blank-image level changes against the saved statistics, after re-estimating."""
         recalibrate_bn(model, model, batches.epoch(epoch), steps)
-        flips.append(changed(saved_levels, levels(blank_image_steps(model, blank))))
-        return score()
+        return score(), changed(saved_grid, blank_image_grid(model, blank))
 
     eps = norms[0].eps if norms else 0.0
     names = {m: name for name, m in model.named_modules()}
     low = {names[m]: int((m.running_var < m.eps).sum()) for m in norms}
-    result = {"saved": score(), "test_batch_statistics": score(batch_statistics=True),
-              f"reestimated_{CALIBRATION_BATCHES}_batches": [
-                  reestimate(DRAW_EPOCH + d, CALIBRATION_BATCHES) for d in range(DRAWS)],
-              "reestimated_all_batches": reestimate(DRAW_EPOCH + DRAWS, len(batches)),
-              "bn_eps": eps, "channels_with_variance_under_eps": {k: v for k, v in low.items() if v},
-              "blank_image_margin_steps": MARGIN, "blank_image_near_threshold": near_thresholds(saved_steps)}
-    result["blank_image_level_changes"] = flips  # per re-estimation above: the draws, then all batches
-    return result
+    saved, own = score(), score(batch_statistics=True)  # before any re-estimation replaces the statistics
+    draws = [reestimate(DRAW_EPOCH + d, CALIBRATION_BATCHES) for d in range(DRAWS)]
+    whole = reestimate(DRAW_EPOCH + DRAWS, len(batches))
+    return {"saved": saved, "test_batch_statistics": own,
+            f"reestimated_{CALIBRATION_BATCHES}_batches": [top1 for top1, _ in draws],
+            "reestimated_all_batches": whole[0],
+            "bn_eps": eps, "channels_with_variance_under_eps": {k: v for k, v in low.items() if v},
+            "blank_image_margin_steps": MARGIN, "blank_image_near_threshold": near_thresholds(saved_grid),
+            "blank_image_level_changes": [n for _, n in [*draws, whole]]}  # the draws, then all batches
 
 
 def measure(runs: Path) -> dict[str, Any]:

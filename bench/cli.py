@@ -98,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
 
         steps, rounds = (2, 1) if args.quick else (args.cost_steps, args.cost_rounds)
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
-    from agq.bench import bn_sensitivity, zero_grad
-    from agq.training.config import load_config
+    from agq.bench import bn_sensitivity, zero_grad  # report imports both anyway
 
-    for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity)):
-        if name in parts and not args.quick:  # these read the accuracy part's run folders
-            runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
+    readers = {name: part for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity))
+               if name in parts and not args.quick}
+    if readers:  # these read the accuracy part's run folders
+        from agq.training.config import load_config
+
+        runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
+        for name, part in readers.items():
             report.write_json(out / f"{name}.json", part.measure(runs))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
