@@ -40,10 +40,12 @@ def blank_image_grid(model: Any, image: Any) -> dict[str, tuple[Any, Any, int]]:
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0], o)))
              for name, m in acts.items()]
     model.eval()
-    with torch.no_grad():
-        model(image)
-    for hook in hooks:
-        hook.remove()
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:  # a failed forward must not leave hooks on the caller's model
+        for hook in hooks:
+            hook.remove()
 
     def centre(t: Any) -> Any:
         t = t[0]
