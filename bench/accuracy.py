@@ -31,6 +31,7 @@ from agq.bench.table import differing_epoch
 
 from agq.config_loader import differences
 from agq.errors import AgqError
+from agq.locks import folder_lock
 
 BASE_CONFIG = Path("bench/mnist_deep")  # a packaged config (agq.configs), found from any folder
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
@@ -41,7 +42,6 @@ SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "tr
              "model.act_bits")
 ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "baseline.kd": False,
             "baseline.aux_losses": False}
-OWNER = ".owner"  # in the claims folder: pid of the running benchmark
 SSP_DECAY_FRACTION = 20 / 35  # the paper: delta reaches 0 at epoch 20 of 35
 QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2", "train.lr_milestones=[1.0]",
          "train.output_dir=runs/bench_quick"]
@@ -261,15 +261,6 @@ def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Pa
         print(f"[worker {worker}] {job.key}: test top-1 {top1:.2f} % ({record['wall_s']:.0f} s)", flush=True)
 
 
-def _refuse_second_benchmark(owner: Path) -> None:
-    """Clearing the claims of a benchmark that is still running would let two workers train one run."""
-    import psutil
-
-    if owner.is_file() and psutil.pid_exists(int(owner.read_text() or 0)):
-        raise AgqError(f"another agq bench is running on {owner.parent.parent} (pid {owner.read_text()}); "
-                       "wait for it or stop it first")
-
-
 def _wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:
     """Workers stop with the benchmark (Ctrl-C, SIGTERM via agq.cli, any error): left running they would
     go on training into the records beside the next benchmark started there."""
@@ -290,16 +281,18 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     for job in todo:  # a record of another config is one line here, before any worker starts
         runner.check_record(job)
     claims = runner.claims
-    _refuse_second_benchmark(claims / OWNER)
-    shutil.rmtree(claims, ignore_errors=True)
-    claims.mkdir(parents=True)
-    (claims / OWNER).write_text(str(os.getpid()))
-    spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),
-                       "todo": [[j.row, j.seed, j.pre] for j in todo]})
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "agq.bench.accuracy", spec, str(w)], env=env)
-             for w in range(workers)]
-    codes = _wait_for_workers(procs)
+    # one benchmark per train.output_dir: clearing the claims of one still running there would let two
+    # workers train one run. agq.locks' flock, which the kernel drops with its process, rather than a pid
+    # file, which took an unreaped (zombie) or reused pid for a live benchmark
+    with folder_lock(claims.parent, "train.output_dir"):
+        shutil.rmtree(claims, ignore_errors=True)
+        claims.mkdir(parents=True)
+        spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),
+                           "todo": [[j.row, j.seed, j.pre] for j in todo]})
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        procs = [subprocess.Popen([sys.executable, "-m", "agq.bench.accuracy", spec, str(w)], env=env)
+                 for w in range(workers)]
+        codes = _wait_for_workers(procs)
     if any(codes):
         raise AgqError(f"benchmark worker failed (exit codes {codes})")
 
