@@ -116,6 +116,7 @@ def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_pa
 
 def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_one_does_not_block(tmp_path):
     import os
+    import re
     import subprocess
     import sys
 
@@ -124,7 +125,8 @@ def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_o
     runs = tmp_path / "runs"
     extra = [f"train.output_dir={runs}"]
     with folder_lock(runs, "train.output_dir"):
-        with pytest.raises(AgqError, match=rf"^{runs} is in use by pid {os.getpid()} .*train\.output_dir$"):
+        held = rf"^{re.escape(str(runs))} is in use by pid {os.getpid()} .*train\.output_dir$"
+        with pytest.raises(AgqError, match=held):
             accuracy.run_all(tmp_path / "records", extra, [Job(PRETRAIN, 0)], 1, base=DIGITS)
         assert not (runs / "claims").exists()  # refused before clearing or making any claim
     # a benchmark that died without being reaped (a zombie, as under an init that reaps nothing) left its
