@@ -236,6 +236,12 @@ def test_paired_difference_has_a_student_t_interval():
     assert "[-0.10, +2.77]" in table.markdown(table.summary(records), "t", table.paired(records))
 
 
+def test_the_convergence_test_residual_minus_plain_2x_is_among_the_paired_differences():
+    records = [record("residual", s, [v], arch="residual") for s, v in enumerate([98.0, 98.5])]
+    records += [record("plain_2x", s, [v]) for s, v in enumerate([97.0, 98.0])]
+    assert table.paired(records)["residual - plain_2x"]["values"] == [1.0, 0.5]
+
+
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
 def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
     from agq.training.checkpoint import load_checkpoint
