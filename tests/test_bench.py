@@ -131,13 +131,16 @@ def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_o
         assert not (runs / "claims").exists()  # refused before clearing or making any claim
     # a benchmark that died without being reaped (a zombie, as under an init that reaps nothing) left its
     # lock file naming a pid that still exists; the kernel released its lock at exit, so nothing waits
-    code = f"import os; from agq.locks import folder_lock\nwith folder_lock('{runs}', 'x'):\n    os._exit(0)"
+    code = (f"import os; from agq.locks import folder_lock\n"
+            f"with folder_lock({str(runs)!r}, 'x'):\n    os._exit(0)")
     zombie = subprocess.Popen([sys.executable, "-c", code])
-    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its pid still exists
-    assert json.loads((runs / LOCK).read_text())["pid"] == zombie.pid
-    accuracy.run_all(tmp_path / "records", extra, [], 1, base=DIGITS)
-    assert (runs / "claims").is_dir() and not (runs / LOCK).exists()
-    zombie.wait()
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its pid still exists
+        assert json.loads((runs / LOCK).read_text())["pid"] == zombie.pid
+        accuracy.run_all(tmp_path / "records", extra, [], 1, base=DIGITS)
+        assert (runs / "claims").is_dir() and not (runs / LOCK).exists()
+    finally:
+        zombie.wait()
 
 
 def test_sigterm_to_the_benchmark_stops_its_workers(tmp_path):
