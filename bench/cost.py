@@ -6,9 +6,10 @@ before the first step is the training-time memory of the step. The methods are m
 rounds (plain, AG, ... , plain, AG, ...) and the median over rounds is reported, because the machine is
 shared and a slow moment should hit every method alike. All methods see the same batch.
 
-``plain_ag`` is the one-pass design (the default), ``plain_ag_two_pass`` the paper text's. It also checks
-whether the fused two-pass AG step (``ag.fused``) changes results: the same steps from the same
-start with both settings, comparing the losses and F's weights afterwards.
+``plain_ag`` is the one-pass design (the default model's), ``plain_ag_two_pass`` the paper text's (the
+library's default ``ag.design``). It also checks whether the fused two-pass AG step (``ag.fused``) changes
+results: the same steps from the same start with both settings, comparing the losses and F's weights
+afterwards.
 """
 
 from __future__ import annotations
