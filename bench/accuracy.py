@@ -242,9 +242,19 @@ class Runner:
         record = {"row": job.row, "arch": cfg.model.arch, "seed": job.seed, "config": cfg.to_dict(),
                   "pretrain": job.pre if job.row == PRETRAIN else row(job.row).pretrain,
                   "history": history, "final": final, "wall_s": round(time.perf_counter() - begin, 1),
+                  "epochs_s": epochs_seconds(history, "pretrain" if job.row == PRETRAIN else "finetune"),
                   "training_code_sha256": training_code_hash(), "environment": environment()}
         write_json(self.record_path(job), record, indent=1)
         return record
+
+
+def epochs_seconds(history: list[dict[str, Any]], phase: str) -> float:
+    """Training plus evaluation seconds of the run's own epochs (``phase``), summed from its history.
+
+    A record's ``wall_s`` is the wall time of the process that finished the run, so a run resumed in a later
+    session counts only that session; its epochs' own times, kept in the trainer state across resumes,
+    count every session. Loading and start-up between epochs are in neither."""
+    return round(sum(e["time_s"] + e["eval_s"] for e in history if e["phase"] == phase), 1)
 
 
 def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Path) -> None:

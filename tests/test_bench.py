@@ -291,6 +291,19 @@ def test_a_pretraining_run_again_must_reproduce_its_record(tmp_path):
     assert not runner.done(pre) and not (run_dir / "last.pt").exists()  # no row may start from it
 
 
+def test_a_resumed_run_counts_the_epochs_of_its_earlier_session(tmp_path):
+    extra = [f"train.output_dir={tmp_path / 'runs'}", "train.pretrain_epochs=1", "train.epochs=2"]
+    runner = Runner(tmp_path / "records", extra, base=DIGITS)
+    runner.records.mkdir()
+    runner.run(Job(PRETRAIN, 0))
+    first = runner.run(Job("plain", 0))
+    own = [e for e in first["history"] if e["phase"] == "finetune"]
+    assert len(own) == 2 and first["epochs_s"] == round(sum(e["time_s"] + e["eval_s"] for e in own), 1)
+    runner.record_path(Job("plain", 0)).unlink()  # cut after the last epoch, before the record
+    again = runner.run(Job("plain", 0))  # resumes from last.pt: no epoch left; wall_s: this process only
+    assert again["history"] == first["history"] and again["epochs_s"] == first["epochs_s"]
+
+
 def test_a_pretraining_is_run_again_only_while_a_row_of_it_is_unrecorded(tmp_path):
     runner = Runner(tmp_path / "records", [f"train.output_dir={tmp_path / 'runs'}"], base=DIGITS)
     runner.records.mkdir()
