@@ -253,7 +253,7 @@ def epochs_seconds(history: list[dict[str, Any]], phase: str) -> float:
 
     A record's ``wall_s`` is the wall time of the process that finished the run, so a run resumed in a later
     session counts only that session; its epochs' own times, kept in the trainer state across resumes,
-    count every session. Loading and start-up between epochs are in neither."""
+    count every session. Neither counts loading and start-up, nor an epoch cut short and run again."""
     return round(sum(e["time_s"] + e["eval_s"] for e in history if e["phase"] == phase), 1)
 
 
