@@ -170,9 +170,10 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # (a, b): a - b per seed; runs of one architecture and seed start from the same pre-trained weights.
 # residual - plain_2x is the convergence test: the gap survives if it stays above zero
 PAIRS = (("residual", "plain"), ("residual", "plain_2x"), ("residual", "plain_ag"), ("plain_ag", "plain"),
-         ("plain_ag_two_pass", "plain"), ("plain_ag_ssp", "plain"), ("plain_ag_ssp", "plain_ag"),
-         ("plain_ag", "plain_ag_two_pass"),
-         ("plain_2x", "plain"), ("plain_ag", "plain_2x"), ("plain_ag_ssp", "plain_2x"),
+         ("residual", "plain_ag_two_pass"), ("plain_ag_two_pass", "plain"), ("plain_ag_ssp", "plain"),
+         ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_ag_two_pass"),
+         ("plain_2x", "plain"), ("plain_ag", "plain_2x"), ("plain_ag_two_pass", "plain_2x"),
+         ("plain_ag_ssp", "plain_2x"),
          ("residual", "plain_ag_ssp"), ("residual_ag", "residual"), ("residual_ag_ssp", "residual"),
          ("plain_kd", "plain"), ("plain_aux", "plain"), ("ag_layer", "plain_ag"),
          ("ag_two_pass_shared", "plain"), ("ag_pretrain", "plain_ag"), ("ssp_block", "plain_ag"),

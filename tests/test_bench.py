@@ -245,6 +245,15 @@ def test_the_convergence_test_residual_minus_plain_2x_is_among_the_paired_differ
     assert table.paired(records)["residual - plain_2x"]["values"] == [1.0, 0.5]
 
 
+def test_two_pass_ag_is_paired_against_residual_and_plain_2x_like_one_pass():
+    records = [record("residual", s, [v], arch="residual") for s, v in enumerate([98.0, 98.5])]
+    rows = (("plain_2x", [97.0, 98.0]), ("plain_ag_two_pass", [97.5, 97.5]))
+    records += [record(r, s, [v]) for r, vs in rows for s, v in enumerate(vs)]
+    pairs = table.paired(records)
+    assert pairs["residual - plain_ag_two_pass"]["values"] == [0.5, 1.0]
+    assert pairs["plain_ag_two_pass - plain_2x"]["values"] == [0.5, -0.5]
+
+
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
 def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
     from agq.training.checkpoint import load_checkpoint
