@@ -239,14 +239,16 @@ def test_paired_difference_has_a_student_t_interval():
     assert "[-0.10, +2.77]" in table.markdown(table.summary(records), "t", table.paired(records))
 
 
-def test_the_convergence_test_and_two_pass_ag_against_residual_and_plain_2x_are_paired_differences():
+@pytest.mark.parametrize("method", ["plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_aux"])
+def test_each_method_and_the_convergence_test_are_paired_against_plain_residual_and_plain_2x(method):
     records = [record("residual", s, [v], arch="residual") for s, v in enumerate([98.0, 98.5])]
-    rows = (("plain_2x", [97.0, 98.0]), ("plain_ag_two_pass", [97.5, 97.5]))
+    rows = (("plain", [96.0, 97.25]), ("plain_2x", [97.0, 98.0]), (method, [97.5, 97.5]))
     records += [record(r, s, [v]) for r, vs in rows for s, v in enumerate(vs)]
     pairs = table.paired(records)
     assert pairs["residual - plain_2x"]["values"] == [1.0, 0.5]
-    assert pairs["residual - plain_ag_two_pass"]["values"] == [0.5, 1.0]
-    assert pairs["plain_ag_two_pass - plain_2x"]["values"] == [0.5, -0.5]
+    assert pairs[f"{method} - plain"]["values"] == [1.5, 0.25]
+    assert pairs[f"residual - {method}"]["values"] == [0.5, 1.0]
+    assert pairs[f"{method} - plain_2x"]["values"] == [0.5, -0.5]
 
 
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
