@@ -168,8 +168,8 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 # The main rows that try to close the plain-to-residual gap, each read against plain (does it help?),
-# residual (what is left) and plain_2x (does it beat plain given the compute); the ablations each against
-# the row they vary.
+# residual (what is left) and plain_2x (does it beat plain given the compute); each ablation against its
+# reference row (the design it varies, or plain for the old two-pass design).
 METHODS = ("plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_aux")
 ABLATION_BASES = {"ag_layer": "plain_ag", "ag_two_pass_shared": "plain", "ag_pretrain": "plain_ag",
                   "ssp_block": "plain_ag", "ssp_layer": "plain_ag", "ssp_layer_wa": "plain_ag"}
