@@ -251,6 +251,13 @@ def test_each_method_and_the_convergence_test_are_paired_against_plain_residual_
     assert pairs[f"{method} - plain_2x"]["values"] == [0.5, -0.5]
 
 
+def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_row():
+    ablations = {r.name for r in ROWS if r.group == "ablation"}
+    paired_ablations = {a for a, _ in table.PAIRS if a in ablations}
+    assert paired_ablations == ablations  # a new ablation row without a reference would have no difference
+    assert {n for pair in table.PAIRS for n in pair} <= {r.name for r in ROWS}
+
+
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
 def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
     from agq.training.checkpoint import load_checkpoint
