@@ -28,6 +28,7 @@ class Row:
     overrides: dict[str, Any] = field(default_factory=dict)
     epoch_factor: int = 1  # fine-tuning epochs relative to the base config (compute-matched baseline)
     core: bool = False  # carries the claim (plain vs residual vs AG vs compute): its seeds run first
+    reference: str | None = None  # the row it varies and is read against, seed by seed (ablations)
 
     @property
     def arch(self) -> str:
@@ -51,8 +52,8 @@ ROWS: tuple[Row, ...] = (
     Row("plain_16bit", "plain 16-bit W/A (full-precision reference, same epochs)", "main",
         {"model.weight_bits": 16, "model.act_bits": 16}),
     Row("residual", "residual 2-bit", "main", RES, core=True),
-    Row("residual_ag", "residual + AG (one pass)", "main", {**RES, **AG}),
-    Row("residual_ag_ssp", "residual + AG + SSP", "main", {**RES, **AG, **SSP}),
+    Row("residual_ag", "residual + AG (one pass)", "main", {**RES, **AG}, reference="residual"),
+    Row("residual_ag_ssp", "residual + AG + SSP", "main", {**RES, **AG, **SSP}, reference="residual"),
     Row("plain", "plain 2-bit", "main", core=True),
     Row("plain_ag", "plain + AG (one pass)", "main", AG, core=True),
     Row("plain_ag_two_pass", "plain + AG (two pass, own head, BN copied)", "main", AG2, core=True),
@@ -61,16 +62,18 @@ ROWS: tuple[Row, ...] = (
     Row("plain_aux", "plain + additional losses", "main", {"baseline.aux_losses": True}),
     Row("plain_2x", "plain, 2x fine-tuning epochs (AG's compute and more)", "main", epoch_factor=2,
         core=True),
-    Row("ag_layer", "plain + layerwise AG (one pass)", "ablation", {**AG, "ag.granularity": "layer"}),
+    Row("ag_layer", "plain + layerwise AG (one pass)", "ablation", {**AG, "ag.granularity": "layer"},
+        reference="plain_ag"),
     Row("ag_two_pass_shared", "plain + AG (two pass, F's head, fresh BN: the old design)", "ablation",
-        {**AG2, "ag.head": "shared", "ag.copy_bn": False}),
+        {**AG2, "ag.head": "shared", "ag.copy_bn": False}, reference="plain"),
     Row("ag_pretrain", "plain + AG (one pass), AG in pre-training too", "ablation",
-        {**AG, "ag.pretrain": True}),
+        {**AG, "ag.pretrain": True}, reference="plain_ag"),
     Row("ssp_block", "plain + AG + SSP blockdrop", "ablation",
-        {**AG, **SSP, "ssp.weights_activations": False}),
+        {**AG, **SSP, "ssp.weights_activations": False}, reference="plain_ag"),
     Row("ssp_layer", "plain + AG + SSP layerdrop", "ablation",
-        {**AG, **SSP, "ssp.fragment": "layer", "ssp.weights_activations": False}),
-    Row("ssp_layer_wa", "plain + AG + SSP layerdrop W/A", "ablation", {**AG, **SSP, "ssp.fragment": "layer"}),
+        {**AG, **SSP, "ssp.fragment": "layer", "ssp.weights_activations": False}, reference="plain_ag"),
+    Row("ssp_layer_wa", "plain + AG + SSP layerdrop W/A", "ablation", {**AG, **SSP, "ssp.fragment": "layer"},
+        reference="plain_ag"),
 )
 BY_NAME = {row.name: row for row in ROWS}
 PRETRAINED_ONLY = ("fp", "fp_residual")  # rows read from pre-training records, never trained themselves

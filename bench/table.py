@@ -168,17 +168,15 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 # The main rows that try to close the plain-to-residual gap, each read against plain (does it help?),
-# residual (what is left) and plain_2x (does it beat plain given the compute); each ablation against its
-# reference row (the design it varies, or plain for the old two-pass design).
+# residual (what is left) and plain_2x (does it beat plain given the compute); every row with a
+# reference (bench/rows.py: the ablations and AG on the residual network) against that row.
 METHODS = ("plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_aux")
-ABLATION_BASES = {"ag_layer": "plain_ag", "ag_two_pass_shared": "plain", "ag_pretrain": "plain_ag",
-                  "ssp_block": "plain_ag", "ssp_layer": "plain_ag", "ssp_layer_wa": "plain_ag"}
 # (a, b): a - b per seed; runs of one architecture and seed start from the same pre-trained weights.
 # residual - plain_2x is the convergence test: the gap survives if it stays above zero
 PAIRS = (("residual", "plain"), ("plain_2x", "plain"), ("residual", "plain_2x"),
          *((a, b) for m in METHODS for a, b in ((m, "plain"), ("residual", m), (m, "plain_2x"))),
          ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_ag_two_pass"),
-         ("residual_ag", "residual"), ("residual_ag_ssp", "residual"), *ABLATION_BASES.items())
+         *((r.name, r.reference) for r in ROWS if r.reference))
 
 
 def difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
@@ -194,7 +192,7 @@ def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: entry for name, entry in pairs.items() if entry is not None}
 
 
-GAP_METHODS = (*METHODS, "plain_2x", *ABLATION_BASES)
+GAP_METHODS = (*METHODS, "plain_2x", *(r.name for r in ROWS if r.group == "ablation"))
 
 
 def gap_recovered(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:

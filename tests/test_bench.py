@@ -252,9 +252,11 @@ def test_each_method_and_the_convergence_test_are_paired_against_plain_residual_
 
 
 def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_row():
-    ablations = {r.name for r in ROWS if r.group == "ablation"}
-    paired_ablations = {a for a, _ in table.PAIRS if a in ablations}
-    assert paired_ablations == ablations  # a new ablation row without a reference would have no difference
+    ablations = [r for r in ROWS if r.group == "ablation"]
+    assert all(r.reference for r in ablations)  # an ablation without a reference would have no difference
+    assert {(r.name, r.reference) for r in ablations} <= set(table.PAIRS)
+    assert table.paired([record(r, 0, [v]) for r, v in (("ag_layer", 97.0), ("plain_ag", 96.5))]) == {
+        "ag_layer - plain_ag": table.difference({0: 97.0}, {0: 96.5})}
     assert {n for pair in table.PAIRS for n in pair} <= {r.name for r in ROWS}
 
 
