@@ -35,13 +35,14 @@ from agq.locks import folder_lock
 
 BASE_CONFIG = Path("bench/mnist_deep")  # a packaged config (agq.configs), found from any folder
 # config keys in which a row may differ from the pre-training run it starts from (pre-training reads none)
-# (bit widths included: pre-training runs with every quantizer disabled; the output folder, so that a
+# (bit widths and the weight-scale domain included: pre-training runs with every quantizer disabled and
+# the low-bit weight scales are created at fine-tuning's first forward; the output folder, so that a
 # benchmark's runs folder can be moved or renamed with its config)
 SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "train.lr_schedule",
              "train.lr_milestones", "train.lr_gamma", "train.output_dir", "model.weight_bits",
-             "model.act_bits")
+             "model.act_bits", "model.weight_scale")
 ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "baseline.kd": False,
-            "baseline.aux_losses": False}
+            "baseline.aux_losses": False, "model.weight_scale": "linear"}
 SSP_DECAY_FRACTION = 20 / 35  # the paper: delta reaches 0 at epoch 20 of 35
 QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2", "train.lr_milestones=[1.0]",
          "train.output_dir=runs/bench_quick"]

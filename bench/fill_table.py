@@ -21,6 +21,7 @@ def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
     ag, ssp, base = cfg["ag"], cfg["ssp"], cfg["baseline"]
     ag_keys = ("design", "granularity", "head", "copy_bn", "pretrain")
     return (cfg["model"]["arch"], cfg["model"]["weight_bits"], cfg["model"]["act_bits"],
+            cfg["model"].get("weight_scale", "linear"),  # configs saved before the key: linear
             tuple(ag.get(k) for k in ag_keys) if ag["enabled"] else None,
             (ssp["fragment"], ssp["weights_activations"]) if ssp["enabled"] else None,
             base["kd"], base["aux_losses"])

@@ -1,7 +1,8 @@
 """The rows of the benchmark tables: what each one changes in the base config.
 
 The main table follows the paper's Table 6 (plus KD, additional losses and a compute-matched plain run);
-the ablations follow Tables 4 (SSP fragment, with and without W/A) and 5 (blockwise vs layerwise AG).
+the ablations follow Tables 4 (SSP fragment, with and without W/A) and 5 (blockwise vs layerwise AG), plus
+agq's own: the AG design and the domain the low-bit weight scales are learned in.
 Every row shares the base config's model shape, data, pre-training and fine-tuning schedule; only the
 keys listed here differ. ``fp`` and ``fp_residual`` are not fine-tuning runs: they are the full-precision
 pre-trained networks every plain (residual) row starts from; ``plain_16bit`` is the
@@ -45,6 +46,7 @@ AG = {"ag.enabled": True, "ag.design": "one_pass"}
 AG2 = {"ag.enabled": True, "ag.design": "two_pass"}
 SSP = {"ssp.enabled": True, "ssp.weights_activations": True}  # blockdrop W/A: the paper's default
 RES = {"model.arch": "residual"}
+LOG = {"model.weight_scale": "log"}  # training/quant.py: Brevitas' LOG_FP instead of a linear scale
 
 ROWS: tuple[Row, ...] = (
     Row("fp", "full precision plain (after pre-training only)", "main"),
@@ -74,6 +76,9 @@ ROWS: tuple[Row, ...] = (
         {**AG, **SSP, "ssp.fragment": "layer", "ssp.weights_activations": False}, reference="plain_ag"),
     Row("ssp_layer_wa", "plain + AG + SSP layerdrop W/A", "ablation", {**AG, **SSP, "ssp.fragment": "layer"},
         reference="plain_ag"),
+    Row("plain_log", "plain 2-bit, weight scales learned in log domain", "ablation", LOG, reference="plain"),
+    Row("residual_log", "residual 2-bit, weight scales learned in log domain", "ablation", {**RES, **LOG},
+        reference="residual"),
 )
 BY_NAME = {row.name: row for row in ROWS}
 PRETRAINED_ONLY = ("fp", "fp_residual")  # rows read from pre-training records, never trained themselves
@@ -90,6 +95,9 @@ ABLATIONS = (
         ("plain_ag_two_pass", "two pass, own head, BN copied (paper text, fixed)"),
         ("ag_two_pass_shared", "two pass, F's head, fresh BN (agq's old design)"),
         ("ag_pretrain", "one pass, AG in pre-training too")]),
+    ("Low-bit weight scale domain, no AG", [
+        ("plain", "plain, linear (Brevitas' default)"), ("plain_log", "plain, log (LOG_FP)"),
+        ("residual", "residual, linear"), ("residual_log", "residual, log")]),
 )
 
 

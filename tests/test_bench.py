@@ -260,7 +260,8 @@ def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_
     assert {n for pair in table.PAIRS for n in pair} <= {r.name for r in ROWS}
 
 
-@pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain")])
+@pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain"),
+                                          ("plain_log", "plain")])
 def test_row_from_shared_pretraining_equals_the_row_trained_alone(tmp_path, name, pre):
     from agq.training.checkpoint import load_checkpoint
     from agq.training.loop import train

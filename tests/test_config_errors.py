@@ -66,6 +66,7 @@ def written(tmp_path) -> list[str]:
     ("train.seed=-1", ("train.seed=-1", ">= 0")),
     ("ag.design=three_pass", ("ag.design='three_pass'", "one_pass", "two_pass")),
     ("model.weight_clamp=round", ("model.weight_clamp='round'", "ste")),
+    ("model.weight_scale=exp", ("model.weight_scale='exp'", "log")),
     ("ssp.delta_start=1.5", ("ssp.delta_start=1.5", "[0, 1]")),
     ("ssp.delta_start=-0.1", ("ssp.delta_start=-0.1",)),
     ("model.image_size=28", ("image_size", "digits", "1x8x8")),

@@ -54,11 +54,10 @@ def untrained(tmp_path, **model):
     return save(tmp_path / "checkpoint.pt", cfg, net)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A briefly trained digits model: BN statistics and learned scales are far from their initial values."""
+def briefly_trained(path, **model):
+    """A digits model after 20 Adam steps: BN statistics and learned scales far from their initial values."""
     torch.manual_seed(0)
-    cfg = small_config()
+    cfg = small_config(**model)
     net = build_model(cfg.model)
     images, labels = data.test_images(cfg.data)
     x, y = torch.from_numpy(images).float(), torch.from_numpy(labels)
@@ -72,7 +71,12 @@ def checkpoint(tmp_path_factory):
     net.eval()
     with torch.no_grad():
         top1 = float((net(x).argmax(1) == y).float().mean()) * 100
-    return save(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", cfg, net, {"test_top1": top1})
+    return save(path, cfg, net, {"test_top1": top1})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return briefly_trained(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +123,19 @@ def test_export_writes_qonnx_and_card(checkpoint, exported):
     assert set(card["versions"]) == {"agq", "torch", "brevitas", "qonnx", "onnx"}
 
     eq = card["equivalence"]
+    counts = ("images", "top1_equal", "int_logits_equal", "rounded_logits_equal")
+    assert [eq[key] for key in counts] == [N_IMAGES] * 4
+    assert eq["differences"] == [] and eq["weight_mismatches"] == []
+
+
+def test_log_domain_weight_scales_export_bit_exact(tmp_path):
+    checkpoint = briefly_trained(tmp_path / "checkpoint.pt", weight_scale="log")
+    _, net, _ = load_deployable(checkpoint)
+    conv = net.blocks[0].layers[0].conv
+    stored = conv.weight_quant.tensor_quant.scaling_impl.value.detach()
+    assert torch.allclose(2 ** stored.flatten(), conv.quant_weight().scale.detach().flatten())
+    exported = export_checkpoint(checkpoint, tmp_path / "export", n_images=N_IMAGES)
+    eq = json.loads((exported.parent / "model.json").read_text())["equivalence"]
     counts = ("images", "top1_equal", "int_logits_equal", "rounded_logits_equal")
     assert [eq[key] for key in counts] == [N_IMAGES] * 4
     assert eq["differences"] == [] and eq["weight_mismatches"] == []

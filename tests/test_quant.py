@@ -25,6 +25,50 @@ def test_straight_through_clamp_passes_gradient_beyond_the_clamp(clamp, passes):
     assert conv.weight_quant.tensor_quant.scaling_impl.value.grad is not None  # the scale still learns
 
 
+def test_linear_scale_is_brevitas_default_and_log_scale_starts_from_the_same_value():
+    from agq.training.quant import LowBitWeightQuant
+    from brevitas.core.function_wrapper import TensorClampSte
+    from brevitas.inject.enum import RestrictValueType
+
+    assert LowBitWeightQuant.restrict_scaling_type == RestrictValueType.FP  # "linear" changes nothing
+    weight = torch.randn(3, 4, 3, 3)
+    x = torch.randn(2, 4, 5, 5)
+    quants = {"before": LowBitWeightQuant.let(bit_width=2, tensor_clamp_impl=TensorClampSte),
+              "linear": weight_quant(2, wide=False), "log": weight_quant(2, wide=False, scale="log")}
+    outputs, scales = {}, {}
+    for name, quant in quants.items():
+        conv = QuantConv2d(4, 3, 3, bias=False, weight_quant=quant)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+        outputs[name], scales[name] = conv(x), conv.quant_weight().scale
+    assert torch.equal(outputs["before"], outputs["linear"])
+    assert torch.allclose(scales["log"], weight.abs().mean((1, 2, 3), keepdim=True))  # mean |w| init
+    assert torch.allclose(outputs["log"], outputs["linear"], atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_one_adam_step_larger_than_the_scale(scale):
+    """A step of lr = 0.5 against a scale of about 0.2: linear goes through zero (Brevitas then uses its
+    absolute value), log changes it by the factor 2 ** -0.5 and stays positive."""
+    conv = QuantConv2d(4, 1, 1, bias=False, weight_quant=weight_quant(2, wide=False, scale=scale))
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.1, 0.2, 0.3, 0.2]).view(1, 4, 1, 1))
+    before = float(conv.quant_weight().scale)
+    value = conv.weight_quant.tensor_quant.scaling_impl.value
+    optimizer = torch.optim.Adam([value], lr=0.5)
+    assert before == pytest.approx(0.2, rel=1e-6)
+    conv(torch.ones(1, 4, 1, 1))  # the scale is initialised (mean |w| = 0.2) at the first forward
+    value.grad = torch.ones_like(value)  # any positive gradient: Adam's first step is -lr in the stored value
+    optimizer.step()
+    stored = float(value.detach())
+    if scale == "linear":
+        assert stored == pytest.approx(before - 0.5, abs=1e-5) and stored < 0
+        assert float(conv.quant_weight().scale) == pytest.approx(0.3, abs=1e-5)  # |stored|
+    else:
+        assert 2 ** stored == pytest.approx(before * 2 ** -0.5, rel=1e-5)
+        assert float(conv.quant_weight().scale) == pytest.approx(before * 2 ** -0.5, rel=1e-5)
+
+
 def test_wide_weights_are_never_clamped():
     conv = QuantConv2d(4, 1, 1, bias=False, weight_quant=weight_quant(16, wide=True))
     conv(torch.ones(1, 4, 1, 1)).sum().backward()

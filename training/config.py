@@ -78,6 +78,11 @@ class ModelConfig:
     # Brevitas picks a plain clamp for learned-scale weight quantizers, so weights beyond the clamp get no
     # gradient; "ste" swaps in Brevitas' own straight-through clamp (training/quant.py).
     weight_clamp: Literal["ste", "clamp"] = "ste"
+    # The domain the low-bit weights' per-channel scale is learned in: "linear" (Brevitas' default) lets
+    # Adam move it by about the learning rate per step whatever its size, so behind scale-invariant BN it
+    # can drift to ~0 or through 0; "log" learns log2(scale) (Brevitas' RestrictValueType.LOG_FP): steps
+    # are relative and the scale stays positive (training/quant.py).
+    weight_scale: Literal["linear", "log"] = "linear"
 
     def validate(self) -> None:
         for key in ("in_channels", "image_size", "num_classes", "stem_channels", "convs_per_block"):

@@ -27,6 +27,11 @@ from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 from torch import nn
 
 
+def low_bit_weight_quant(cfg: ModelConfig) -> type:
+    """The quantizer of every low-bit conv (all but the first conv and the last FC)."""
+    return weight_quant(cfg.weight_bits, wide=False, clamp=cfg.weight_clamp, scale=cfg.weight_scale)
+
+
 class PreActConv(nn.Module):
     """One quantized layer: BN -> QuantReLU (k-bit) -> QuantConv (k-bit narrow weights, no bias)."""
 
@@ -36,7 +41,7 @@ class PreActConv(nn.Module):
         self.act = QuantReLU(act_quant=act_quant(cfg.act_bits, cfg.act_max_init))
         self.conv = QuantConv2d(
             cin, cout, cfg.kernel_size, stride=stride, padding=cfg.kernel_size // 2, bias=False,
-            weight_quant=weight_quant(cfg.weight_bits, wide=False, clamp=cfg.weight_clamp),
+            weight_quant=low_bit_weight_quant(cfg),
         )
 
     def forward(self, x: torch.Tensor, bn: nn.Module | None = None) -> torch.Tensor:
@@ -63,7 +68,7 @@ class Block(nn.Module):
             if stride != 1 or cin != cout:
                 self.shortcut = QuantConv2d(
                     cin, cout, 1, stride=stride, bias=False,
-                    weight_quant=weight_quant(cfg.weight_bits, wide=False, clamp=cfg.weight_clamp),
+                    weight_quant=low_bit_weight_quant(cfg),
                 )
 
     def layer_outputs(self, x: torch.Tensor, bns: Sequence[nn.Module] | None = None) -> list[torch.Tensor]:

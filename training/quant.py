@@ -14,6 +14,11 @@ line. The choices are dictated by what FINN can turn into integer-only RTL on a 
   quarter of the ternary weights after pre-training, bench/results/zero_grad.json) a zero gradient, so
   they could never move back; with the STE clamp the scale still learns (LSQ-style), and
   ``model.weight_clamp: clamp`` restores Brevitas' default;
+* the learned low-bit scale is linear by default (Brevitas' default, and every benchmark record so far);
+  ``model.weight_scale: log`` learns its log2 instead (Brevitas' ``RestrictValueType.LOG_FP``). Behind
+  the next BatchNorm the network barely depends on a channel's scale, and Adam moves a linear scale by
+  about the learning rate per step whatever its size, so long fine-tuning can walk it to ~0 or through 0
+  (Brevitas uses its absolute value); in the log domain a step changes it by a fixed ratio instead;
 * activations are unsigned k-bit with a learned per-tensor scale (PACT-like), which FINN turns into
   MultiThreshold nodes together with the preceding BatchNorm.
 """
@@ -21,7 +26,7 @@ line. The choices are dictated by what FINN can turn into integer-only RTL on a 
 from __future__ import annotations
 
 from brevitas.core.function_wrapper import TensorClamp, TensorClampSte
-from brevitas.inject.enum import ScalingImplType, StatsOp
+from brevitas.inject.enum import RestrictValueType, ScalingImplType, StatsOp
 from brevitas.quant.base import NarrowIntQuant, PerChannelFloatScaling8bit
 from brevitas.quant.scaled_int import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxInit
 from brevitas.quant.solver import WeightQuantSolver
@@ -46,14 +51,17 @@ class LowBitActQuant(Uint8ActPerTensorFloatMaxInit):
 
 
 CLAMPS = {"ste": TensorClampSte, "clamp": TensorClamp}
+SCALE_DOMAINS = {"linear": RestrictValueType.FP, "log": RestrictValueType.LOG_FP}
 
 
-def weight_quant(bits: int, wide: bool, clamp: str = "ste") -> type:
+def weight_quant(bits: int, wide: bool, clamp: str = "ste", scale: str = "linear") -> type:
     """The weight quantizer for a layer: ``wide`` marks the first conv and the last FC (max-scaled, so
-    nothing is ever clamped); ``clamp`` ("ste" or "clamp") is the low-bit weights' clamp."""
+    nothing is ever clamped); ``clamp`` ("ste" or "clamp") is the low-bit weights' clamp and ``scale``
+    ("linear" or "log") the domain their learned scale lives in."""
     if wide:
         return WideWeightQuant.let(bit_width=bits)
-    return LowBitWeightQuant.let(bit_width=bits, tensor_clamp_impl=CLAMPS[clamp])
+    return LowBitWeightQuant.let(bit_width=bits, tensor_clamp_impl=CLAMPS[clamp],
+                                 restrict_scaling_type=SCALE_DOMAINS[scale])
 
 
 def act_quant(bits: int, max_val: float) -> type:
