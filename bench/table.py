@@ -192,7 +192,8 @@ def paired(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: entry for name, entry in pairs.items() if entry is not None}
 
 
-GAP_METHODS = (*METHODS, "plain_2x", *(r.name for r in ROWS if r.group == "ablation"))
+# plain rows only: a share of the plain-to-residual gap means nothing for a residual variant
+GAP_METHODS = (*METHODS, "plain_2x", *(r.name for r in ROWS if r.group == "ablation" and r.arch == "plain"))
 
 
 def gap_recovered(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:

@@ -54,6 +54,12 @@ def untrained(tmp_path, **model):
     return save(tmp_path / "checkpoint.pt", cfg, net)
 
 
+def assert_every_image_equal(eq):
+    counts = ("images", "top1_equal", "int_logits_equal", "rounded_logits_equal")
+    assert [eq[key] for key in counts] == [N_IMAGES] * 4
+    assert eq["differences"] == [] and eq["weight_mismatches"] == []
+
+
 def briefly_trained(path, **model):
     """A digits model after 20 Adam steps: BN statistics and learned scales far from their initial values."""
     torch.manual_seed(0)
@@ -122,10 +128,7 @@ def test_export_writes_qonnx_and_card(checkpoint, exported):
     assert card["model"] == {"path": "model.onnx", "sha256": file_sha256(exported)}
     assert set(card["versions"]) == {"agq", "torch", "brevitas", "qonnx", "onnx"}
 
-    eq = card["equivalence"]
-    counts = ("images", "top1_equal", "int_logits_equal", "rounded_logits_equal")
-    assert [eq[key] for key in counts] == [N_IMAGES] * 4
-    assert eq["differences"] == [] and eq["weight_mismatches"] == []
+    assert_every_image_equal(card["equivalence"])
 
 
 def test_log_domain_weight_scales_export_bit_exact(tmp_path):
@@ -135,10 +138,7 @@ def test_log_domain_weight_scales_export_bit_exact(tmp_path):
     stored = conv.weight_quant.tensor_quant.scaling_impl.value.detach()
     assert torch.allclose(2 ** stored.flatten(), conv.quant_weight().scale.detach().flatten())
     exported = export_checkpoint(checkpoint, tmp_path / "export", n_images=N_IMAGES)
-    eq = json.loads((exported.parent / "model.json").read_text())["equivalence"]
-    counts = ("images", "top1_equal", "int_logits_equal", "rounded_logits_equal")
-    assert [eq[key] for key in counts] == [N_IMAGES] * 4
-    assert eq["differences"] == [] and eq["weight_mismatches"] == []
+    assert_every_image_equal(json.loads((exported.parent / "model.json").read_text())["equivalence"])
 
 
 def test_reexport_is_byte_identical(checkpoint, exported, tmp_path):
