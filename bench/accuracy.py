@@ -41,8 +41,10 @@ BASE_CONFIG = Path("bench/mnist_deep")  # a packaged config (agq.configs), found
 SHAREABLE = ("name", "ag.", "ssp.", "baseline.", "train.epochs", "train.lr", "train.lr_schedule",
              "train.lr_milestones", "train.lr_gamma", "train.output_dir", "model.weight_bits",
              "model.act_bits", "model.weight_scale")
+# what every row resets before its own overrides; not the low-bit weight-scale domain, which a setting may
+# choose for all its rows (the *_log rows set it themselves)
 ROW_BASE = {"model.arch": "plain", "ag.enabled": False, "ssp.enabled": False, "baseline.kd": False,
-            "baseline.aux_losses": False, "model.weight_scale": "linear"}
+            "baseline.aux_losses": False}
 SSP_DECAY_FRACTION = 20 / 35  # the paper: delta reaches 0 at epoch 20 of 35
 QUICK = ["data.limit_train=1000", "train.pretrain_epochs=1", "train.epochs=2", "train.lr_milestones=[1.0]",
          "train.output_dir=runs/bench_quick"]

@@ -1,13 +1,13 @@
-"""``agq bench [--only PART|report|convergence] [--seeds N] [--first-seed S] [--quick] [--from-runs DIR]
-[--settings A,B]``.
+"""``agq bench [--only PART|report|convergence|across] [--seeds N] [--first-seed S] [--quick]
+[--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
 with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs); hw: FINN
 estimates and RTL-simulation cycles of the default model; report: only rebuild README.md and the tables
 from the results present (e.g. while the accuracy part is still running); convergence: accuracy against
-fine-tuning length across the result folders of ``--settings`` (bench/convergence.py). Results:
-bench/results/.
+fine-tuning length across the result folders of ``--settings`` (bench/convergence.py); across: a row of
+one setting against a row of another, seed by seed (bench/across.py). Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ RESULTS = Path("bench/results")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
-    parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "convergence"),
+    parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "convergence", "across"),
                         help="run one part, or only rebuild the report (default: every part)")
     parser.add_argument("--settings", help="--only convergence: comma-separated result folders (a name "
                         "under bench/results or a path) of settings that differ only in fine-tuning epochs")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("A:ROW", "B:ROW"),
+                        help="--only across: a - b, each a results folder (or a name under bench/results) "
+                        "and a row, e.g. mnist_deep26_96_log:residual mnist_deep26_96:residual; repeatable")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
     parser.add_argument("--ablation-seeds", type=int, default=5,
                         help="seeds of the ablation rows (default 5)")
@@ -73,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         names = args.settings.split(",")
         folders = {n: Path(n) if Path(n).exists() else RESULTS / n for n in names}
         print(write(folders, args.out or RESULTS / "convergence"))
+        return 0
+    if args.only == "across":
+        from agq.bench.across import write as write_across
+
+        if not args.pair:
+            raise AgqError("--only across needs --pair A:ROW B:ROW (one or more)")
+        print(write_across(args.pair, RESULTS, args.out or RESULTS / "across"))
         return 0
     if args.from_runs is not None:
         from agq.bench.fill_table import records_from_runs

@@ -200,6 +200,16 @@ def test_every_row_is_a_valid_config_and_maps_back_to_itself():
         assert row_of(cfg.to_dict(), base.train.epochs) == r.name
 
 
+def test_the_weight_scale_domain_is_the_settings_unless_a_row_sets_it():
+    for setting, expected in (([], "linear"), (["model.weight_scale=log"], "log")):
+        base = load_config(accuracy.BASE_CONFIG, setting)
+        for r in ROWS:
+            if r.name in PRETRAINED_ONLY:
+                continue
+            cfg = load_config(accuracy.BASE_CONFIG, [*setting, *accuracy.row_overrides(r, 0, base.to_dict())])
+            assert cfg.model.weight_scale == r.overrides.get("model.weight_scale", expected), r.name
+
+
 def test_a_run_that_fits_no_row_is_named():
     cfg = Config().to_dict()
     cfg["baseline"]["kd"] = True  # KD on top of AG + SSP: not a row
@@ -440,6 +450,35 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     assert not any((tmp_path / f"out{k}").exists() for k in (2, 3, 4))
     assert main(["bench", "--only", "convergence"]) == 2
     assert "--only convergence needs --settings" in capsys.readouterr().err
+
+
+def test_across_pairs_a_row_of_two_settings_by_seed_only_from_one_pretrained_network(tmp_path, capsys):
+    _setting(tmp_path / "a", 2, {"plain": [91.0, 92.5, 93.0]}, lr=1e-2)
+    _setting(tmp_path / "b", 2, {"plain": [90.0, 92.0], "residual": [96.0, 96.5]})
+    a, b = f"{tmp_path / 'a'}:plain", f"{tmp_path / 'b'}:plain"
+    assert main(["bench", "--only", "across", "--pair", a, b, "--out", str(tmp_path / "out")]) == 0
+    (pair,) = json.loads((tmp_path / "out" / "across.json").read_text())["pairs"]
+    assert pair["difference"]["values"] == [1.0, 0.5] and pair["difference"]["seeds"] == [0, 1]
+    assert pair["varied"] == {"train.lr": [1e-2, 1e-3]}  # names, seeds and folders are not what was varied
+    row_md = "| 0.75 ± 0.35 | [-2.43, +3.93] | +1.00, +0.50 | train.lr: 0.01 vs 0.001 |"
+    assert row_md in capsys.readouterr().out
+
+    other = tmp_path / "b" / "runs" / "plain_s1.json"
+    rec = json.loads(other.read_text())
+    rec["history"][0]["test_F_top1"] = 49.0  # seed 1 of b started from another pre-trained network
+    other.write_text(json.dumps(rec))
+    residual = f"{tmp_path / 'b'}:residual"
+    for pair_args, message in (([a, b], "seed 1 started from different pre-trained networks"),
+                               ([a, residual], "different pre-trainings (plain vs residual)"),
+                               ([a, f"{tmp_path / 'b'}:plain_ag"], "no finished record of that row"),
+                               ([a, "plain"], "expected SETTING:ROW"),
+                               ([a, f"{tmp_path / 'c'}:plain"], "has no runs/ of records")):
+        assert main(["bench", "--only", "across", "--pair", *pair_args, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+    assert main(["bench", "--only", "across"]) == 2
+    assert "--only across needs --pair" in capsys.readouterr().err
 
 
 def test_bn_sensitivity_scores_the_saved_statistics_as_training_did(tmp_path, capsys):

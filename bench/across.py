@@ -1,0 +1,91 @@
+"""A row of one benchmark setting against a row of another, paired by seed.
+
+A setting that changes one thing for every row (e.g. the low-bit weight-scale domain) keeps its own folder,
+so that its report pairs all its rows with each other; what the change does to one row is then a
+difference across two folders. Two runs of one seed are a pair only if they started from the same network:
+each record carries its pre-training history, and a seed whose two histories differ (timings aside) is an
+error, as within one setting (bench.table.check_shared_starts). The config keys in which the two rows
+differ, bar names, seeds and places, are part of the result, so that a reader sees what was varied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agq.bench import table
+from agq.training.config import saved_config
+
+from agq.config_loader import differences
+from agq.errors import AgqError
+from agq.io import atomic_write_bytes, write_json
+
+PLACES = ("name", "train.seed", "train.output_dir")  # differ between any two runs; not what was varied
+
+
+def parse(side: str, results: Path) -> tuple[str, Path, str]:
+    """``SETTING:ROW`` -> (label, results folder, row); SETTING is a folder or a name under ``results``."""
+    setting, sep, name = side.rpartition(":")
+    if not sep or not setting or not name:
+        raise AgqError(f"--pair {side!r}: expected SETTING:ROW, e.g. mnist_deep26_96:residual")
+    folder = Path(setting) if Path(setting).exists() else results / setting
+    if not (folder / "runs").is_dir():
+        raise AgqError(f"--pair {side!r}: benchmark results folder {folder} has no runs/ of records")
+    return side, folder, name
+
+
+def _runs(folder: Path, name: str) -> dict[int, dict[str, Any]]:
+    return {int(r["seed"]): r for r in table.load_records(folder / "runs")
+            if r["row"] == name and table.final_value(r) is not None}
+
+
+def compare(a: tuple[str, Path, str], b: tuple[str, Path, str]) -> dict[str, Any]:
+    """a - b seed by seed over the seeds both have, with the config keys the two rows differ in."""
+    runs = [_runs(folder, name) for _, folder, name in (a, b)]
+    for (label, _, _), found in zip((a, b), runs, strict=True):
+        if not found:
+            raise AgqError(f"--pair {label}: no finished record of that row")
+    seeds = sorted(set(runs[0]) & set(runs[1]))
+    if not seeds:
+        raise AgqError(f"--pair {a[0]} {b[0]}: no seed in common")
+    varied: dict[str, list[Any]] = {}
+    for seed in seeds:
+        x, y = runs[0][seed], runs[1][seed]
+        if table.pretraining_of(x) != table.pretraining_of(y):
+            raise AgqError(f"--pair {a[0]} {b[0]}: the rows start from different pre-trainings "
+                           f"({table.pretraining_of(x)} vs {table.pretraining_of(y)}); not a pair")
+        epoch = table.differing_epoch(*(
+            [h for h in r["history"] if h.get("phase") == "pretrain"] for r in (x, y)))
+        if epoch is not None:
+            raise AgqError(f"--pair {a[0]} {b[0]}: seed {seed} started from different pre-trained networks "
+                           f"(pre-training histories differ from epoch {epoch}); not a pair")
+        configs = (saved_config(r["config"], f"{label}, seed {seed}") for r, label in ((x, a[0]), (y, b[0])))
+        for key, old, new in differences(*configs, ignore=PLACES):
+            varied[key] = [old, new]
+    values = [{s: table.final_value(r[s]) for s in seeds} for r in runs]
+    return {"a": a[0], "b": b[0], "varied": varied, "a_top1": table.summarize(values[0]),
+            "b_top1": table.summarize(values[1]), "difference": table.difference(*values)}
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["Test top-1 % of F after fine-tuning, mean ± std over the seeds both rows have; a - b seed by "
+             "seed (both runs of a seed started from the same pre-trained network, checked), mean ± std "
+             "[95 % CI].", "",
+             "| a | b | a top-1 % | b top-1 % | a - b | 95 % CI | per seed | config keys varied (a; b) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        d = r["difference"]
+        varied = "; ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in r["varied"].items()) or "none"
+        lines.append(f"| `{r['a']}` | `{r['b']}` | {table.cell(r['a_top1'])} | {table.cell(r['b_top1'])} | "
+                     f"{table.cell(d)} | {table.interval(d)} | {table.signed_values(d)} | {varied} |")
+    return "\n".join(lines)
+
+
+def write(pairs: list[tuple[str, str]], results: Path, out: Path) -> str:
+    """across.json and README.md in ``out`` for each (a, b) of ``pairs`` (SETTING:ROW each)."""
+    found = [compare(parse(a, results), parse(b, results)) for a, b in pairs]
+    md = markdown(found)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "across.json", {"pairs": found}, indent=1)
+    atomic_write_bytes(out / "README.md", ("# agq benchmark: rows across settings\n\n" + md + "\n").encode())
+    return md
