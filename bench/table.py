@@ -176,6 +176,7 @@ METHODS = ("plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "plain_kd", "plain_a
 PAIRS = (("residual", "plain"), ("plain_2x", "plain"), ("residual", "plain_2x"),
          *((a, b) for m in METHODS for a, b in ((m, "plain"), ("residual", m), (m, "plain_2x"))),
          ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_ag_two_pass"),
+         ("residual_log", "plain_log"),  # the gap with both networks' scales in the log domain
          *((r.name, r.reference) for r in ROWS if r.reference))
 
 

@@ -268,6 +268,9 @@ def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_
     assert table.paired([record(r, 0, [v]) for r, v in (("ag_layer", 97.0), ("plain_ag", 96.5))]) == {
         "ag_layer - plain_ag": table.difference({0: 97.0}, {0: 96.5})}
     assert {n for pair in table.PAIRS for n in pair} <= {r.name for r in ROWS}
+    log_rows = [record("residual_log", 0, [98.5], arch="residual"), record("plain_log", 0, [97.0])]
+    log_gap = table.paired(log_rows)
+    assert log_gap == {"residual_log - plain_log": table.difference({0: 98.5}, {0: 97.0})}
 
 
 @pytest.mark.parametrize(("name", "pre"), [("plain_ag_ssp", "plain"), ("ag_pretrain", "ag_pretrain"),
