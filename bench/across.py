@@ -35,8 +35,13 @@ def parse(side: str, results: Path) -> tuple[str, Path, str]:
 
 
 def _runs(folder: Path, name: str) -> dict[int, dict[str, Any]]:
-    return {int(r["seed"]): r for r in table.load_records(folder / "runs")
+    runs = {int(r["seed"]): r for r in table.load_records(folder / "runs")
             if r["row"] == name and table.final_value(r) is not None}
+    for seed, record in runs.items():
+        if not isinstance(record.get("config"), dict):
+            raise AgqError(f"record {name}_s{seed} in {folder / 'runs'} has no config "
+                           "(what varied is unknown)")
+    return runs
 
 
 def compare(a: tuple[str, Path, str], b: tuple[str, Path, str]) -> dict[str, Any]:

@@ -479,6 +479,12 @@ def test_across_pairs_a_row_of_two_settings_by_seed_only_from_one_pretrained_net
         assert main(["bench", "--only", "across", "--pair", *pair_args, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    no_config = tmp_path / "b" / "runs" / "residual_s0.json"
+    rec = json.loads(no_config.read_text())
+    del rec["config"]
+    no_config.write_text(json.dumps(rec))
+    assert main(["bench", "--only", "across", "--pair", residual, a, "--out", str(tmp_path / "bad")]) == 2
+    assert "record residual_s0 in" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(["bench", "--only", "across"]) == 2
     assert "--only across needs --pair" in capsys.readouterr().err
