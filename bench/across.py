@@ -34,8 +34,13 @@ def parse(side: str, results: Path) -> tuple[str, Path, str]:
     return side, folder, name
 
 
-def _runs(folder: Path, name: str) -> dict[int, dict[str, Any]]:
-    runs = {int(r["seed"]): r for r in table.load_records(folder / "runs")
+Records = dict[Path, list[dict[str, Any]]]  # results folder -> its run records, read once per command
+
+
+def _runs(records: Records, folder: Path, name: str) -> dict[int, dict[str, Any]]:
+    if folder not in records:
+        records[folder] = table.load_records(folder / "runs")
+    runs = {int(r["seed"]): r for r in records[folder]
             if r["row"] == name and table.final_value(r) is not None}
     for seed, record in runs.items():
         if not isinstance(record.get("config"), dict):
@@ -44,9 +49,9 @@ def _runs(folder: Path, name: str) -> dict[int, dict[str, Any]]:
     return runs
 
 
-def compare(a: tuple[str, Path, str], b: tuple[str, Path, str]) -> dict[str, Any]:
+def compare(a: tuple[str, Path, str], b: tuple[str, Path, str], records: Records) -> dict[str, Any]:
     """a - b seed by seed over the seeds both have, with the config keys the two rows differ in."""
-    runs = [_runs(folder, name) for _, folder, name in (a, b)]
+    runs = [_runs(records, folder, name) for _, folder, name in (a, b)]
     for (label, _, _), found in zip((a, b), runs, strict=True):
         if not found:
             raise AgqError(f"--pair {label}: no finished record of that row")
@@ -56,11 +61,11 @@ def compare(a: tuple[str, Path, str], b: tuple[str, Path, str]) -> dict[str, Any
     varied: dict[str, list[Any]] = {}
     for seed in seeds:
         x, y = runs[0][seed], runs[1][seed]
-        if table.pretraining_of(x) != table.pretraining_of(y):
+        starts = table.pretraining_of(x), table.pretraining_of(y)
+        if starts[0] != starts[1]:
             raise AgqError(f"--pair {a[0]} {b[0]}: the rows start from different pre-trainings "
-                           f"({table.pretraining_of(x)} vs {table.pretraining_of(y)}); not a pair")
-        epoch = table.differing_epoch(*(
-            [h for h in r["history"] if h.get("phase") == "pretrain"] for r in (x, y)))
+                           f"({starts[0]} vs {starts[1]}); not a pair")
+        epoch = table.differing_epoch(table.pretraining_history(x), table.pretraining_history(y))
         if epoch is not None:
             raise AgqError(f"--pair {a[0]} {b[0]}: seed {seed} started from different pre-trained networks "
                            f"(pre-training histories differ from epoch {epoch}); not a pair")
@@ -88,7 +93,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def write(pairs: list[tuple[str, str]], results: Path, out: Path) -> str:
     """across.json and README.md in ``out`` for each (a, b) of ``pairs`` (SETTING:ROW each)."""
-    found = [compare(parse(a, results), parse(b, results)) for a, b in pairs]
+    records: Records = {}
+    found = [compare(parse(a, results), parse(b, results), records) for a, b in pairs]
     md = markdown(found)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "across.json", {"pairs": found}, indent=1)

@@ -70,6 +70,11 @@ def differing_epoch(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int | N
     return next((epoch for epoch, (x, y) in pairs if x != y), min(len(a), len(b)) + 1)
 
 
+def pretraining_history(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs of the pre-training a record ran or started from: equal histories, one network."""
+    return [h for h in record["history"] if h.get("phase") == "pretrain"]
+
+
 def check_shared_starts(records: list[dict[str, Any]]) -> None:
     """Rows are paired by their shared pre-training only if they did start from one network. A
     pre-training run again in another environment (another machine's floating point) is another network
@@ -78,7 +83,7 @@ def check_shared_starts(records: list[dict[str, Any]]) -> None:
     first: dict[tuple[str, int], tuple[str, list[dict[str, Any]]]] = {}
     for record in records:
         pre, seed = pretraining_of(record), int(record["seed"])
-        history = [h for h in record["history"] if h.get("phase") == "pretrain"]
+        history = pretraining_history(record)
         name = f"{PRETRAIN}_{pre}" if record["row"] == PRETRAIN else record["row"]
         other, expected = first.setdefault((pre, seed), (f"{name}_s{seed}", history))
         epoch = differing_epoch(history, expected)
