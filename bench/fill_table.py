@@ -2,7 +2,9 @@
 
 Each folder under DIR that holds ``metrics.json`` and a checkpoint (``checkpoint.pt`` or ``last.pt``)
 becomes one record. Its table row is read from its config: architecture, AG, SSP and baseline switches;
-a plain run with more fine-tuning epochs than the others is the compute-matched row.
+a plain run with more fine-tuning epochs than the others is the compute-matched row. The weight-scale
+domain is read as in ``agq bench``'s settings: the domain the runs share is the base every row takes, and
+only where linear and log runs are mixed do the log ones map to the ``*_log`` rows.
 """
 
 from __future__ import annotations
@@ -27,23 +29,31 @@ def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
             base["kd"], base["aux_losses"])
 
 
-def _row_signature(r: Row) -> tuple[Any, ...]:
+def _row_signature(r: Row, base_scale: str) -> tuple[Any, ...]:
     from agq.training.config import Config
 
     cfg = Config().to_dict()  # a fresh deep copy
     cfg["ag"]["enabled"] = cfg["ssp"]["enabled"] = False  # the base of every row: plain, nothing added
+    cfg["model"]["weight_scale"] = base_scale
     for key, value in r.overrides.items():
         section, leaf = key.split(".")
         cfg[section][leaf] = value
     return signature(cfg)
 
 
-def row_of(cfg: dict[str, Any], base_epochs: int) -> str:
-    """The row a run belongs to; runs that fit no row are an error naming the differing switches."""
+def base_scale(cfgs: list[dict[str, Any]]) -> str:
+    """The weight-scale domain every row takes: linear unless no run is linear."""
+    domains = {cfg["model"].get("weight_scale", "linear") for cfg in cfgs}
+    return "log" if domains == {"log"} else "linear"
+
+
+def row_of(cfg: dict[str, Any], base_epochs: int, scale: str = "linear") -> str:
+    """The row a run belongs to (the first in table order, where a log base makes ``plain`` and
+    ``plain_log`` one computation); runs that fit no row are an error naming the differing switches."""
     factor = cfg["train"]["epochs"] // base_epochs if base_epochs else 1
     sig = signature(cfg)
     for r in ROWS:
-        if r.name not in PRETRAINED_ONLY and _row_signature(r) == sig and r.epoch_factor == factor:
+        if r.name not in PRETRAINED_ONLY and _row_signature(r, scale) == sig and r.epoch_factor == factor:
             return r.name
     raise AgqError(f"run {cfg['name']!r} fits no benchmark row (arch/AG/SSP/baseline = {sig}, "
                    f"{cfg['train']['epochs']} fine-tuning epochs vs {base_epochs})")
@@ -63,5 +73,7 @@ def records_from_runs(folder: Path) -> list[dict[str, Any]]:
     if not runs:
         raise AgqError(f"no run folders with metrics.json under {folder}")
     base_epochs = min((cfg["train"]["epochs"] for cfg, _ in runs if cfg["train"]["epochs"]), default=0)
-    return [{"row": row_of(cfg, base_epochs), "arch": cfg["model"]["arch"], "seed": cfg["train"]["seed"],
-             "config": cfg, "history": history} for cfg, history in runs if cfg["train"]["epochs"]]
+    scale = base_scale([cfg for cfg, _ in runs])
+    return [{"row": row_of(cfg, base_epochs, scale), "arch": cfg["model"]["arch"],
+             "seed": cfg["train"]["seed"], "config": cfg, "history": history}
+            for cfg, history in runs if cfg["train"]["epochs"]]

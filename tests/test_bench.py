@@ -9,7 +9,7 @@ import pytest
 import torch
 from agq.bench import accuracy, table
 from agq.bench.accuracy import PRETRAIN, Job, Runner, jobs
-from agq.bench.fill_table import row_of
+from agq.bench.fill_table import base_scale, row_of
 from agq.bench.rows import PRETRAINED_ONLY, ROWS, row
 from agq.training.config import Config, load_config
 
@@ -208,6 +208,21 @@ def test_the_weight_scale_domain_is_the_settings_unless_a_row_sets_it():
                 continue
             cfg = load_config(accuracy.BASE_CONFIG, [*setting, *accuracy.row_overrides(r, 0, base.to_dict())])
             assert cfg.model.weight_scale == r.overrides.get("model.weight_scale", expected), r.name
+
+
+def test_runs_that_share_the_log_domain_map_to_the_rows_of_a_log_setting():
+    setting = ["model.weight_scale=log"]
+    base = load_config(accuracy.BASE_CONFIG, setting)
+    cfgs = {r.name: load_config(accuracy.BASE_CONFIG,
+                                [*setting, *accuracy.row_overrides(r, 0, base.to_dict())]).to_dict()
+            for r in ROWS if r.name not in PRETRAINED_ONLY}
+    assert base_scale(list(cfgs.values())) == "log"
+    for name, cfg in cfgs.items():
+        expected = {"plain_log": "plain", "residual_log": "residual"}.get(name, name)  # one computation
+        assert row_of(cfg, base.train.epochs, "log") == expected
+    linear = load_config(accuracy.BASE_CONFIG).to_dict()
+    assert base_scale([linear, cfgs["plain"]]) == "linear"
+    assert row_of(cfgs["plain"], base.train.epochs, "linear") == "plain_log"  # mixed: log runs are *_log
 
 
 def test_a_run_that_fits_no_row_is_named():
