@@ -13,12 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agq.bench import table
+from agq.bench import reading, table
 from agq.training.config import saved_config
 
 from agq.config_loader import differences
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes, write_json
 
 PLACES = ("name", "train.seed", "train.output_dir")  # differ between any two runs; not what was varied
 
@@ -96,7 +95,5 @@ def write(pairs: list[tuple[str, str]], results: Path, out: Path) -> str:
     records: Records = {}
     found = [compare(parse(a, results), parse(b, results), records) for a, b in pairs]
     md = markdown(found)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "across.json", {"pairs": found}, indent=1)
-    atomic_write_bytes(out / "README.md", ("# agq benchmark: rows across settings\n\n" + md + "\n").encode())
+    reading.write(out, "across.json", {"pairs": found}, "rows across settings", md)
     return md

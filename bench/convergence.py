@@ -22,12 +22,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from agq.bench import table
+from agq.bench import reading, table
 from agq.training.config import saved_config
 
 from agq.config_loader import differences
 from agq.errors import AgqError
-from agq.io import atomic_write_bytes, write_json
 
 CURVES = {"plain": "plain", "plain_2x": "plain", "residual": "residual"}  # baseline row -> curve
 # keys in which runs on these curves may differ: their length and what names, seeds and places a run
@@ -144,8 +143,6 @@ def write(folders: dict[str, Path], out: Path) -> str:
     curves, spreads, shared = collect(settings)
     result = analyse(curves, spreads)
     md = markdown(result, list(settings), shared)
-    out.mkdir(parents=True, exist_ok=True)
-    where = {n: str(f) for n, f in folders.items()}
-    write_json(out / "convergence.json", {"settings": where, "shared_runs": shared, **result}, indent=1)
-    atomic_write_bytes(out / "README.md", ("# agq benchmark: convergence\n\n" + md + "\n").encode())
+    data = {"settings": {n: str(f) for n, f in folders.items()}, "shared_runs": shared, **result}
+    reading.write(out, "convergence.json", data, "convergence", md)
     return md
