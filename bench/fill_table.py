@@ -29,12 +29,12 @@ def signature(cfg: dict[str, Any]) -> tuple[Any, ...]:
             base["kd"], base["aux_losses"])
 
 
-def _row_signature(r: Row, base_scale: str) -> tuple[Any, ...]:
+def _row_signature(r: Row, scale: str) -> tuple[Any, ...]:
     from agq.training.config import Config
 
     cfg = Config().to_dict()  # a fresh deep copy
     cfg["ag"]["enabled"] = cfg["ssp"]["enabled"] = False  # the base of every row: plain, nothing added
-    cfg["model"]["weight_scale"] = base_scale
+    cfg["model"]["weight_scale"] = scale
     for key, value in r.overrides.items():
         section, leaf = key.split(".")
         cfg[section][leaf] = value
