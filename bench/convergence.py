@@ -41,11 +41,12 @@ Curves = dict[str, dict[int, Point]]  # curve -> fine-tuning epochs -> Point
 def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[Curves, Curves, int]:
     """{curve: {fine-tuning epochs: {seed: top-1}}} from the baseline rows of every setting's records, the
     same for each run's spread over its last TAIL epochs (runs with fewer than 2 TAIL have none), and how many
-    runs two settings share (checked equal)."""
+    runs two settings share (checked equal); runs of one seed must start from one pre-trained network."""
     curves: Curves = {}
     spreads: Curves = {}
     first: tuple[str, dict[str, Any]] | None = None
     shared = 0
+    used: dict[str, dict[str, Any]] = {}  # where -> record: their pre-trainings must be one network per seed
     for name, records in settings.items():
         for record in records:
             curve = CURVES.get(record["row"])
@@ -56,6 +57,7 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[Curves, Curves, 
             if "config" not in record:
                 raise AgqError(f"{where} has no config")
             config = saved_config(record["config"], where)
+            used[where] = record
             if first is None:
                 first = (name, config)
             cosine = first[1]["train"].get("lr_schedule") == config["train"].get("lr_schedule") == "cosine"
@@ -79,6 +81,7 @@ def collect(settings: dict[str, list[dict[str, Any]]]) -> tuple[Curves, Curves, 
                 spreads.setdefault(curve, {}).setdefault(epochs, {})[seed] = spread
     if not curves:
         raise AgqError(f"no plain, plain_2x or residual records in the settings {', '.join(settings)}")
+    table.check_shared_starts(list(used.values()), list(used))
     return curves, spreads, shared
 
 

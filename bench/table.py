@@ -75,20 +75,22 @@ def pretraining_history(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for h in record["history"] if h.get("phase") == "pretrain"]
 
 
-def check_shared_starts(records: list[dict[str, Any]]) -> None:
+def check_shared_starts(records: list[dict[str, Any]], names: list[str] | None = None) -> None:
     """Rows are paired by their shared pre-training only if they did start from one network. A
     pre-training run again in another environment (another machine's floating point) is another network
     under the same seed, config and code, so every record of one (pre-training, seed) must carry the same
-    pre-training history, timings aside; a mix is one line naming two records."""
+    pre-training history, timings aside; a mix is one line naming two records (by ``names``, parallel to
+    ``records``, where given: across settings a row's name alone is ambiguous)."""
     first: dict[tuple[str, int], tuple[str, list[dict[str, Any]]]] = {}
-    for record in records:
+    for i, record in enumerate(records):
         pre, seed = pretraining_of(record), int(record["seed"])
         history = pretraining_history(record)
         name = f"{PRETRAIN}_{pre}" if record["row"] == PRETRAIN else record["row"]
-        other, expected = first.setdefault((pre, seed), (f"{name}_s{seed}", history))
+        label = names[i] if names else f"{name}_s{seed}"
+        other, expected = first.setdefault((pre, seed), (label, history))
         epoch = differing_epoch(history, expected)
         if epoch is not None:
-            raise AgqError(f"records {other} and {name}_s{seed} started from different {pre} pre-trainings "
+            raise AgqError(f"records {other} and {label} started from different {pre} pre-trainings "
                            f"(they differ at pre-training epoch {epoch}), so they are not paired: keep the "
                            "records of one pre-training per results folder")
 

@@ -458,6 +458,14 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     _setting(tmp_path / "lr", 4, {"plain": [93.0, 93.0, 95.0]}, lr=1e-2)
     with pytest.raises(AgqError, match=r"short and lr differ in config key train\.lr \(0\.001 vs 0\.01\)"):
         convergence.write({"short": tmp_path / "short", "lr": tmp_path / "lr"}, tmp_path / "out3")
+    _setting(tmp_path / "rerun", 4, {"plain": [93.0, 93.0, 95.0]})
+    rerun = tmp_path / "rerun" / "runs" / "plain_s2.json"
+    rec = json.loads(rerun.read_text())
+    rec["history"][0]["test_F_top1"] = 51.0  # seed 2's pre-training run again elsewhere: another network
+    rerun.write_text(json.dumps(rec))
+    with pytest.raises(AgqError, match=r"records setting short: record plain_2x_s2 and setting rerun: record "
+                                       r"plain_s2 started from different plain pre-trainings .* epoch 1"):
+        convergence.write({"short": tmp_path / "short", "rerun": tmp_path / "rerun"}, tmp_path / "out5")
     _setting(tmp_path / "bad", 4, {"plain": [93.0]})
     broken = tmp_path / "bad" / "runs" / "plain_s0.json"
     rec = json.loads(broken.read_text())
@@ -465,7 +473,7 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     broken.write_text(json.dumps(rec))
     with pytest.raises(AgqError, match=r"setting bad: record plain_s0: .*train\.epochs"):
         convergence.write({"short": tmp_path / "short", "bad": tmp_path / "bad"}, tmp_path / "out4")
-    assert not any((tmp_path / f"out{k}").exists() for k in (2, 3, 4))
+    assert not any((tmp_path / f"out{k}").exists() for k in (2, 3, 4, 5))
     assert main(["bench", "--only", "convergence"]) == 2
     assert "--only convergence needs --settings" in capsys.readouterr().err
 
