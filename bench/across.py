@@ -37,8 +37,6 @@ Records = dict[Path, list[dict[str, Any]]]  # results folder -> its run records,
 
 
 def _runs(records: Records, folder: Path, name: str) -> dict[int, dict[str, Any]]:
-    if folder not in records:
-        records[folder] = table.load_records(folder / "runs")
     runs = {int(r["seed"]): r for r in records[folder]
             if r["row"] == name and table.final_value(r) is not None}
     for seed, record in runs.items():
@@ -92,8 +90,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def write(pairs: list[tuple[str, str]], results: Path, out: Path) -> str:
     """across.json and README.md in ``out`` for each (a, b) of ``pairs`` (SETTING:ROW each)."""
-    records: Records = {}
-    found = [compare(parse(a, results), parse(b, results), records) for a, b in pairs]
+    sides = [(parse(a, results), parse(b, results)) for a, b in pairs]
+    records: Records = {f: table.load_records(f / "runs") for pair in sides for _, f, _ in pair}
+    found = [compare(a, b, records) for a, b in sides]
     md = markdown(found)
     reading.write(out, "across.json", {"pairs": found}, "rows across settings", md)
     return md
