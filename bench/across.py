@@ -6,6 +6,11 @@ difference across two folders. Two runs of one seed are a pair only if they star
 each record carries its pre-training history, and a seed whose two histories differ (timings aside) is an
 error, as within one setting (bench.table.check_shared_starts). The config keys in which the two rows
 differ, bar names, seeds and places, are part of the result, so that a reader sees what was varied.
+
+Pooled, several pairs are one comparison whose seeds were run apart: a seed run again on a machine with
+other floating point (each record names its CPU capability) starts from another pre-trained network, so
+its runs of both rows go to folders of their own and pair there; each seed's difference comes from the
+one pair that holds it, and the pairs must vary the same keys.
 """
 
 from __future__ import annotations
@@ -70,29 +75,64 @@ def compare(a: tuple[str, Path, str], b: tuple[str, Path, str], records: Records
         for key, old, new in differences(*configs, ignore=PLACES):
             varied[key] = [old, new]
     values = [{s: table.final_value(r[s]) for s in seeds} for r in runs]
-    return {"a": a[0], "b": b[0], "varied": varied, "a_top1": table.summarize(values[0]),
+    cpus = {str(r[s].get("environment", {}).get("cpu_capability", "-")) for r in runs for s in seeds}
+    return _result(a[0], b[0], varied, sorted(cpus), values)
+
+
+def _result(a: str, b: str, varied: dict[str, list[Any]], cpus: list[str],
+            values: list[dict[int, float]]) -> dict[str, Any]:
+    return {"a": a, "b": b, "varied": varied, "cpu_capability": cpus, "a_top1": table.summarize(values[0]),
             "b_top1": table.summarize(values[1]), "difference": table.difference(*values)}
+
+
+def pool(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pairs as one comparison: their seeds together, each seed's values from the one pair that has it."""
+    first = found[0]
+    values: list[dict[int, float]] = [{}, {}]
+    owner: dict[int, str] = {}
+    for r in found:
+        label = f"{r['a']} - {r['b']}"
+        if r["varied"] != first["varied"]:
+            raise AgqError(f"--pool: {label} varies {sorted(r['varied'])} but {first['a']} - {first['b']} "
+                           f"varies {sorted(first['varied'])}; not one comparison")
+        for seed in r["difference"]["seeds"]:
+            if seed in owner:
+                raise AgqError(f"--pool: seed {seed} is in both {owner[seed]} and {label}; "
+                               "each seed counts once")
+            owner[seed] = label
+        for side, key in zip(values, ("a_top1", "b_top1"), strict=True):
+            side.update(zip(r[key]["seeds"], r[key]["values"], strict=True))
+    cpus = sorted({c for r in found for c in r["cpu_capability"]})
+    return _result(" + ".join(r["a"] for r in found), " + ".join(r["b"] for r in found), first["varied"],
+                   cpus, values)
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["Test top-1 % of F after fine-tuning, mean ± std over the seeds both rows have; a - b seed by "
              "seed (both runs of a seed started from the same pre-trained network, checked), mean ± std "
              "[95 % CI].", "",
-             "| a | b | a top-1 % | b top-1 % | a - b | 95 % CI | per seed | config keys varied (a; b) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| a | b | a top-1 % | b top-1 % | a - b | 95 % CI | per seed | seeds | CPU | "
+             "config keys varied (a; b) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         d = r["difference"]
         varied = "; ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in r["varied"].items()) or "none"
         lines.append(f"| `{r['a']}` | `{r['b']}` | {table.cell(r['a_top1'])} | {table.cell(r['b_top1'])} | "
-                     f"{table.cell(d)} | {table.interval(d)} | {table.signed_values(d)} | {varied} |")
+                     f"{table.cell(d)} | {table.interval(d)} | {table.signed_values(d)} | "
+                     f"{', '.join(map(str, d['seeds']))} | {', '.join(r['cpu_capability'])} | {varied} |")
     return "\n".join(lines)
 
 
-def write(pairs: list[tuple[str, str]], results: Path, out: Path) -> str:
-    """across.json and README.md in ``out`` for each (a, b) of ``pairs`` (SETTING:ROW each)."""
+def write(pairs: list[tuple[str, str]], results: Path, out: Path, pooled: bool = False) -> str:
+    """across.json and README.md in ``out`` for each (a, b) of ``pairs`` (SETTING:ROW each), and with
+    ``pooled`` the pairs read as one comparison (the last line)."""
+    if pooled and len(pairs) < 2:
+        raise AgqError("--pool needs two or more --pair")
     sides = [(parse(a, results), parse(b, results)) for a, b in pairs]
     records: Records = {f: table.load_records(f / "runs") for pair in sides for _, f, _ in pair}
     found = [compare(a, b, records) for a, b in sides]
-    md = markdown(found)
-    reading.write(out, "across.json", {"pairs": found}, "rows across settings", md)
+    data: dict[str, Any] = {"pairs": found}
+    if pooled:
+        data["pooled"] = pool(found)
+    md = markdown([*found, *([data["pooled"]] if pooled else [])])
+    reading.write(out, "across.json", data, "rows across settings", md)
     return md

@@ -1,5 +1,5 @@
 """``agq bench [--only PART|report|convergence|across] [--seeds N] [--first-seed S] [--quick]
-[--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW]``.
+[--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW ... [--pool]]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pair", nargs=2, action="append", metavar=("A:ROW", "B:ROW"),
                         help="--only across: a - b, each a results folder (or a name under bench/results) "
                         "and a row, e.g. mnist_deep26_96_log:residual mnist_deep26_96:residual; repeatable")
+    parser.add_argument("--pool", action="store_true",
+                        help="--only across: also read the pairs as one comparison, each seed from the one "
+                        "pair that has it (seeds run again elsewhere, in folders of their own)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
     parser.add_argument("--ablation-seeds", type=int, default=5,
                         help="seeds of the ablation rows (default 5)")
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.pair:
             raise AgqError("--only across needs --pair A:ROW B:ROW (one or more)")
-        print(write_across(args.pair, RESULTS, args.out or RESULTS / "across"))
+        print(write_across(args.pair, RESULTS, args.out or RESULTS / "across", args.pool))
         return 0
     if args.from_runs is not None:
         from agq.bench.fill_table import records_from_runs

@@ -486,7 +486,7 @@ def test_across_pairs_a_row_of_two_settings_by_seed_only_from_one_pretrained_net
     (pair,) = json.loads((tmp_path / "out" / "across.json").read_text())["pairs"]
     assert pair["difference"]["values"] == [1.0, 0.5] and pair["difference"]["seeds"] == [0, 1]
     assert pair["varied"] == {"train.lr": [1e-2, 1e-3]}  # names, seeds and folders are not what was varied
-    row_md = "| 0.75 ± 0.35 | [-2.43, +3.93] | +1.00, +0.50 | train.lr: 0.01 vs 0.001 |"
+    row_md = "| 0.75 ± 0.35 | [-2.43, +3.93] | +1.00, +0.50 | 0, 1 | - | train.lr: 0.01 vs 0.001 |"
     assert row_md in capsys.readouterr().out
 
     other = tmp_path / "b" / "runs" / "plain_s1.json"
@@ -511,6 +511,42 @@ def test_across_pairs_a_row_of_two_settings_by_seed_only_from_one_pretrained_net
     assert not (tmp_path / "bad").exists()
     assert main(["bench", "--only", "across"]) == 2
     assert "--only across needs --pair" in capsys.readouterr().err
+
+
+def test_across_pools_pairs_run_apart_each_seed_from_the_one_pair_that_has_it(tmp_path, capsys):
+    _setting(tmp_path / "a", 2, {"plain": [91.0, 92.5, 93.0]}, lr=1e-2)
+    _setting(tmp_path / "b", 2, {"plain": [90.0, 92.0]})
+    # seed 2 run again on another machine: both rows in folders of their own, from another pre-training
+    for name, value, lr in (("a2", 95.0, 1e-2), ("b2", 94.0, 1e-3)):
+        _setting(tmp_path / name, 2, {"plain": [0.0, 0.0, value]}, lr=lr)
+        for path in (tmp_path / name / "runs").glob("plain_s*.json"):
+            rec = json.loads(path.read_text())
+            if rec["seed"] != 2:
+                path.unlink()
+                continue
+            rec["history"][0]["test_F_top1"] = 60.0
+            rec["environment"] = {"cpu_capability": "AVX2"}
+            path.write_text(json.dumps(rec))
+    pairs = [f"{tmp_path / 'a'}:plain", f"{tmp_path / 'b'}:plain", f"{tmp_path / 'a2'}:plain",
+             f"{tmp_path / 'b2'}:plain"]
+    args = ["bench", "--only", "across", "--pair", *pairs[:2], "--pair", *pairs[2:], "--pool"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "across.json").read_text())
+    assert [p["difference"]["seeds"] for p in result["pairs"]] == [[0, 1], [2]]
+    pooled = result["pooled"]
+    assert pooled["difference"]["seeds"] == [0, 1, 2] and pooled["difference"]["values"] == [1.0, 0.5, 1.0]
+    assert pooled["a_top1"]["values"] == [91.0, 92.5, 95.0] and pooled["varied"] == {"train.lr": [1e-2, 1e-3]}
+    assert pooled["cpu_capability"] == ["-", "AVX2"] and result["pairs"][1]["cpu_capability"] == ["AVX2"]
+    assert "| +1.00, +0.50, +1.00 | 0, 1, 2 | -, AVX2 | train.lr: 0.01 vs 0.001 |" in capsys.readouterr().out
+
+    _setting(tmp_path / "c", 2, {"plain": [91.0, 92.5, 93.0]})  # varies nothing against b
+    for extra, message in ((["--pair", *pairs[:2]], "seed 0 is in both"),
+                           (["--pair", f"{tmp_path / 'c'}:plain", pairs[1]], "varies [] but"),
+                           ([], "--pool needs two or more --pair")):
+        assert main([*args[:4], *pairs[:2], *extra, "--pool", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bn_sensitivity_scores_the_saved_statistics_as_training_did(tmp_path, capsys):
