@@ -85,6 +85,10 @@ def _result(a: str, b: str, varied: dict[str, list[Any]], cpus: list[str],
             "b_top1": table.summarize(values[1]), "difference": table.difference(*values)}
 
 
+def _rows(result: dict[str, Any]) -> tuple[str, str]:
+    return result["a"].rpartition(":")[2], result["b"].rpartition(":")[2]
+
+
 def pool(found: list[dict[str, Any]]) -> dict[str, Any]:
     """The pairs as one comparison: their seeds together, each seed's values from the one pair that has it."""
     first = found[0]
@@ -92,6 +96,9 @@ def pool(found: list[dict[str, Any]]) -> dict[str, Any]:
     owner: dict[int, str] = {}
     for r in found:
         label = f"{r['a']} - {r['b']}"
+        if _rows(r) != _rows(first):
+            raise AgqError(f"--pool: {label} compares rows {' - '.join(_rows(r))} but {first['a']} - "
+                           f"{first['b']} compares {' - '.join(_rows(first))}; not one comparison")
         if r["varied"] != first["varied"]:
             raise AgqError(f"--pool: {label} varies {sorted(r['varied'])} but {first['a']} - {first['b']} "
                            f"varies {sorted(first['varied'])}; not one comparison")

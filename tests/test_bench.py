@@ -540,7 +540,11 @@ def test_across_pools_pairs_run_apart_each_seed_from_the_one_pair_that_has_it(tm
     assert "| +1.00, +0.50, +1.00 | 0, 1, 2 | -, AVX2 | train.lr: 0.01 vs 0.001 |" in capsys.readouterr().out
 
     _setting(tmp_path / "c", 2, {"plain": [91.0, 92.5, 93.0]})  # varies nothing against b
+    for name, lr in (("r", 1e-2), ("r2", 1e-3)):
+        _setting(tmp_path / name, 2, {"residual": [96.0]}, lr=lr)
     for extra, message in ((["--pair", *pairs[:2]], "seed 0 is in both"),
+                           (["--pair", f"{tmp_path / 'r'}:residual", f"{tmp_path / 'r2'}:residual"],
+                            "compares rows residual - residual but"),
                            (["--pair", f"{tmp_path / 'c'}:plain", pairs[1]], "varies [] but"),
                            ([], "--pool needs two or more --pair")):
         assert main([*args[:4], *pairs[:2], *extra, "--pool", "--out", str(tmp_path / "bad")]) == 2
