@@ -40,7 +40,7 @@ def write_accuracy(records: list[dict[str, Any]], out: Path, heading: str) -> st
         atomic_write_bytes(out / "fig3.png", png)
     plateau = "\n" + table.pretraining_markdown(pre) if pre else ""
     stable = "\n" + bn_stability.markdown(steady) if steady else ""
-    return table.markdown(stats, heading, pairs, gaps) + plateau + stable
+    return table.markdown(stats, heading, pairs, gaps, table.setting_scale(records)) + plateau + stable
 
 
 def cost_png(report: dict[str, Any]) -> bytes:

@@ -95,10 +95,11 @@ ABLATIONS = (
         ("plain_ag_two_pass", "two pass, own head, BN copied (paper text, fixed)"),
         ("ag_two_pass_shared", "two pass, F's head, fresh BN (agq's old design)"),
         ("ag_pretrain", "one pass, AG in pre-training too")]),
-    ("Low-bit weight scale domain, no AG", [
-        ("plain", "plain, linear (Brevitas' default)"), ("plain_log", "plain, log (LOG_FP)"),
-        ("residual", "residual, linear"), ("residual_log", "residual, log")]),
+    ("Low-bit weight scale domain, no AG", [  # {scale}: the setting's domain, which plain and residual take
+        ("plain", "plain, {scale}"), ("plain_log", "plain, log (LOG_FP)"),
+        ("residual", "residual, {scale}"), ("residual_log", "residual, log (LOG_FP)")]),
 )
+SCALE_LABELS = {"linear": "linear (Brevitas' default)", "log": "log (LOG_FP)"}
 
 
 def row(name: str) -> Row:

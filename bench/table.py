@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from agq.bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS
+from agq.bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS, SCALE_LABELS
 
 from agq.errors import AgqError
 
@@ -234,8 +234,19 @@ def interval(entry: dict[str, Any]) -> str:
     return f"[{entry['mean'] - entry['ci95']:+.2f}, {entry['mean'] + entry['ci95']:+.2f}]"
 
 
-def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats | None = None) -> str:
-    """The main table (paper's Table 6 layout), paired differences and the two ablation tables."""
+def setting_scale(records: list[dict[str, Any]]) -> str:
+    """The weight-scale domain of the rows that do not set their own (the setting's, e.g. "log" in
+    mnist_deep26_96_log), read from the records' saved configs; records without one are linear runs."""
+    found = {str(r["config"].get("model", {}).get("weight_scale", "linear"))
+             if isinstance(r.get("config"), dict) else "linear"
+             for r in records if not r["row"].endswith("_log")}
+    return "mixed" if len(found) > 1 else found.pop() if found else "linear"
+
+
+def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats | None = None,
+             scale: str = "linear") -> str:
+    """The main table (paper's Table 6 layout), paired differences and the ablation tables; ``scale`` is
+    the setting's weight-scale domain, which names the domain of the rows plain and residual."""
     lines = [f"## {title}", "", "| method | top-1 % (F) | top-5 % (F) | top-1 % (H) | seeds |",
              "|---|---|---|---|---|"]
     for row in ROWS:
@@ -265,6 +276,7 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             for _, label, e in present:
                 pairs_ = zip(e["seeds"], e["values"], strict=True)
                 shared = statistics.fmean(v for s, v in pairs_ if s in common)
+                label = label.format(scale=SCALE_LABELS.get(scale, scale))
                 lines.append(f"| {label} | {cell(e)} | {e['n']} | {shared:.2f} |")
     lines.append("\nMean ± sample standard deviation over seeds (n - 1 in the denominator).")
     return "\n".join(lines) + "\n"

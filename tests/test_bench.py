@@ -46,6 +46,23 @@ def test_table_takes_the_last_finetune_epoch_and_summarises_over_seeds():
     assert table.curves(records)["plain"] == {1: [80.0, 70.0, 0.0], 2: [90.0, 92.0, 94.0]}
 
 
+
+def test_the_scale_domain_table_names_the_domain_the_setting_gave_plain_and_residual():
+    def run(row: str, scale: str) -> dict:
+        arch = "residual" if row.startswith("residual") else "plain"
+        return {**record(row, 0, [98.0], arch=arch), "config": {"model": {"weight_scale": scale}}}
+
+    log_setting = [run("residual", "log")]  # mnist_deep26_96_log: residual learns log scales
+    md = table.markdown(table.summary(log_setting), "t", scale=table.setting_scale(log_setting))
+    assert table.setting_scale(log_setting) == "log" and "| residual, log (LOG_FP) | 98.00 |" in md
+    assert "linear" not in md
+    linear_setting = [run("residual", "linear"), run("residual_log", "log")]
+    md = table.markdown(table.summary(linear_setting), "t", scale=table.setting_scale(linear_setting))
+    assert "| residual, linear (Brevitas' default) | 98.00 |" in md
+    assert "| residual, log (LOG_FP) | 98.00 |" in md
+    assert table.setting_scale([run("plain", "linear"), run("residual", "log")]) == "mixed"
+    assert table.setting_scale([record("plain", 0, [90.0])]) == "linear"  # no saved config: a linear run
+
 def test_pretraining_plateau_reads_half_three_quarters_and_the_end_over_seeds():
     def pretrained(seed: int, arch: str, top1: list[float], loss: float) -> dict:
         history = [{"phase": "pretrain", "epoch": i + 1, "test_F_top1": v, "train_loss": loss}
