@@ -239,8 +239,10 @@ def setting_scale(records: list[dict[str, Any]]) -> str:
     mnist_deep26_96_log), read from the records' saved configs; records without one are linear runs."""
     found = {str(r["config"].get("model", {}).get("weight_scale", "linear"))
              if isinstance(r.get("config"), dict) else "linear"
-             for r in records if not r["row"].endswith("_log")}
-    return "mixed" if len(found) > 1 else found.pop() if found else "linear"
+             for r in records if "model.weight_scale" not in getattr(BY_NAME.get(r["row"]), "overrides", {})}
+    if len(found) > 1:
+        return "mixed"
+    return found.pop() if found else "linear"
 
 
 def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats | None = None,
