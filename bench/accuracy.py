@@ -11,7 +11,8 @@ that pre-training would read.
 
 Workers: ``workers`` child processes (one torch thread each) walk the same ordered job list and claim a
 job by creating its claim file exclusively; a finished job is a record file, so a restarted benchmark
-skips it and an interrupted fine-tuning run resumes from its own ``last.pt``.
+skips it and an interrupted run, pre-training or fine-tuning, resumes from its own ``last.pt`` (the loop's
+exact resume: the same record as an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -222,16 +223,17 @@ class Runner:
 
         cfg = self.config(job)
         begin = time.perf_counter()
+        last = cfg.run_dir / "last.pt"
+        saved = load_checkpoint(last)["config"] if last.is_file() else None
+        own = saved is not None and saved_config(saved, f"run {last}") == cfg.to_dict()
         if job.row == PRETRAIN:
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)
-            train(cfg, progress=False)
+            if not own:  # nothing of this run to continue: start clean
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            train(cfg, resume=own, progress=False)
         else:
             pre = Job(PRETRAIN, job.seed, row(job.row).pretrain)
             while not self.done(pre):  # another worker is pre-training it
                 time.sleep(5)
-            last = cfg.run_dir / "last.pt"
-            saved = load_checkpoint(last)["config"] if last.is_file() else None
-            own = saved is not None and saved_config(saved, f"run {last}") == cfg.to_dict()
             if not own:  # start from the shared pre-training (see the module docstring)
                 payload = load_checkpoint(self.config(pre).run_dir / "last.pt")
                 _check_shareable(payload["config"], cfg.to_dict())

@@ -365,6 +365,42 @@ def test_a_resumed_run_counts_the_epochs_of_its_earlier_session(tmp_path):
     assert again["history"] == first["history"] and again["epochs_s"] == first["epochs_s"]
 
 
+def test_an_interrupted_pretraining_resumes_from_its_own_state(tmp_path, monkeypatch):
+    from agq.training import loop
+
+    from tests.test_training import Killed
+
+    def runner(name: str) -> Runner:
+        extra = [f"train.output_dir={tmp_path / name}", "train.pretrain_epochs=3", "train.epochs=0"]
+        return Runner(tmp_path / f"{name}_records", extra, base=DIGITS)
+
+    whole, cut = runner("whole"), runner("cut")
+    for r in (whole, cut):
+        r.records.mkdir()
+    pre = Job(PRETRAIN, 0)
+    expected = whole.run(pre)
+    real_save, saves = loop.save_checkpoint, []
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        saves.append(path)
+        if len(saves) == 2:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        cut.run(pre)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    from agq.training.checkpoint import load_checkpoint
+
+    done_before = load_checkpoint(cut.config(pre).run_dir / "last.pt")["trainer"]["history"]
+    assert [e["epoch"] for e in done_before] == [1, 2] and not cut.done(pre)
+    resumed = cut.run(pre)
+    assert resumed["history"][:2] == done_before  # epochs 1-2 kept as run, timings included: not run again
+    assert table.differing_epoch(resumed["history"], expected["history"]) is None
+    assert len(resumed["history"]) == 3 and cut.done(pre)
+
+
 def test_a_pretraining_is_run_again_only_while_a_row_of_it_is_unrecorded(tmp_path):
     runner = Runner(tmp_path / "records", [f"train.output_dir={tmp_path / 'runs'}"], base=DIGITS)
     runner.records.mkdir()
