@@ -46,7 +46,6 @@ def test_table_takes_the_last_finetune_epoch_and_summarises_over_seeds():
     assert table.curves(records)["plain"] == {1: [80.0, 70.0, 0.0], 2: [90.0, 92.0, 94.0]}
 
 
-
 def test_the_scale_domain_table_names_the_domain_the_setting_gave_plain_and_residual():
     def run(row: str, scale: str) -> dict:
         arch = "residual" if row.startswith("residual") else "plain"
@@ -62,6 +61,7 @@ def test_the_scale_domain_table_names_the_domain_the_setting_gave_plain_and_resi
     assert "| residual, log (LOG_FP) | 98.00 |" in md
     assert table.setting_scale([run("plain", "linear"), run("residual", "log")]) == "mixed"
     assert table.setting_scale([record("plain", 0, [90.0])]) == "linear"  # no saved config: a linear run
+
 
 def test_pretraining_plateau_reads_half_three_quarters_and_the_end_over_seeds():
     def pretrained(seed: int, arch: str, top1: list[float], loss: float) -> dict:
@@ -366,9 +366,9 @@ def test_a_resumed_run_counts_the_epochs_of_its_earlier_session(tmp_path):
 
 
 def test_an_interrupted_pretraining_resumes_from_its_own_state(tmp_path, monkeypatch):
-    from agq.training import loop
+    from agq.training.checkpoint import load_checkpoint
 
-    from tests.test_training import Killed
+    from tests.test_training import run_until_killed
 
     def runner(name: str) -> Runner:
         extra = [f"train.output_dir={tmp_path / name}", "train.pretrain_epochs=3", "train.epochs=0"]
@@ -379,20 +379,7 @@ def test_an_interrupted_pretraining_resumes_from_its_own_state(tmp_path, monkeyp
         r.records.mkdir()
     pre = Job(PRETRAIN, 0)
     expected = whole.run(pre)
-    real_save, saves = loop.save_checkpoint, []
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        saves.append(path)
-        if len(saves) == 2:
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        cut.run(pre)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    from agq.training.checkpoint import load_checkpoint
-
+    run_until_killed(lambda: cut.run(pre), monkeypatch, kill_after=2)  # after epoch 2's last.pt
     done_before = load_checkpoint(cut.config(pre).run_dir / "last.pt")["trainer"]["history"]
     assert [e["epoch"] for e in done_before] == [1, 2] and not cut.done(pre)
     resumed = cut.run(pre)

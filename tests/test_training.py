@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -63,8 +64,8 @@ def test_tiny_run_learns_and_writes_its_files(uninterrupted):
     assert 100 * correct / len(labels) == meta["metrics"]["test_top1"]
 
 
-def killed_then_resumed(cfg, monkeypatch, kill_after: int):
-    """Train ``cfg``, die right after its ``kill_after``-th checkpoint, resume: the final checkpoint."""
+def run_until_killed(start: Callable[[], object], monkeypatch, kill_after: int) -> None:
+    """Call ``start`` (a training) and let its process die right after its ``kill_after``-th checkpoint."""
     saves = []
     real_save = loop.save_checkpoint
 
@@ -76,9 +77,14 @@ def killed_then_resumed(cfg, monkeypatch, kill_after: int):
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train(cfg, progress=False)
-    assert not (cfg.run_dir / "checkpoint.pt").exists()
+        start()
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
+def killed_then_resumed(cfg, monkeypatch, kill_after: int):
+    """Train ``cfg``, die right after its ``kill_after``-th checkpoint, resume: the final checkpoint."""
+    run_until_killed(lambda: train(cfg, progress=False), monkeypatch, kill_after)
+    assert not (cfg.run_dir / "checkpoint.pt").exists()
     return train(cfg, resume=True, progress=False)
 
 
