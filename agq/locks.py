@@ -66,6 +66,25 @@ def _missing(folder: Path) -> list[Path]:
     return missing
 
 
+def holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock now (None: nobody alive), for reports that must not take it.
+
+    A shared lock is tried and dropped at once; a process taking the lock in that instant stops with one
+    line (:class:`FolderBusy`), so this probes only locks taken when a command starts (a benchmark's),
+    never those its workers take mid-run (a run folder's)."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:  # no lock file: no holder (a holder that ends deletes it)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # also drops the shared lock if it was taken
+    return None
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str) -> Iterator[Path]:
     """Hold ``folder``'s lock (creating the folder) for the ``with`` block; :class:`FolderBusy` naming

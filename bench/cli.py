@@ -1,13 +1,15 @@
-"""``agq bench [--only PART|report|convergence|across] [--seeds N] [--first-seed S] [--quick]
+"""``agq bench [--only PART|report|status|convergence|across] [--seeds N] [--first-seed S] [--quick]
 [--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW ... [--pool]]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
 with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs); hw: FINN
 estimates and RTL-simulation cycles of the default model; report: only rebuild README.md and the tables
-from the results present (e.g. while the accuracy part is still running); convergence: accuracy against
-fine-tuning length across the result folders of ``--settings`` (bench/convergence.py); across: a row of
-one setting against a row of another, seed by seed (bench/across.py). Results: bench/results/.
+from the results present (e.g. while the accuracy part is still running); status: which accuracy
+jobs are recorded, running, stopped part-way or waiting, and the training left (reads only); convergence:
+accuracy against fine-tuning length across the result folders of ``--settings`` (bench/convergence.py);
+across: a row of one setting against a row of another, seed by seed (bench/across.py). Results:
+bench/results/.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ RESULTS = Path("bench/results")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
-    parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "convergence", "across"),
+    parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "status", "convergence",
+                                           "across"),
                         help="run one part, or only rebuild the report (default: every part)")
     parser.add_argument("--settings", help="--only convergence: comma-separated result folders (a name "
                         "under bench/results or a path) of settings that differ only in fine-tuning epochs")
@@ -101,11 +104,17 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default
     records = out / "runs"
     parts = [] if args.only == "report" else [args.only] if args.only else list(PARTS)
+    extra = accuracy.QUICK if args.quick else []
+    seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
+    todo = accuracy.jobs(seeds, ablation, rows, args.first_seed)
+    if args.only == "status":
+        from agq.bench import status
+
+        runner = accuracy.Runner(records, extra, args.config or accuracy.BASE_CONFIG)
+        print(status.render(*status.statuses(runner, todo), args.workers, out))
+        return 0
     if "accuracy" in parts:
-        extra = accuracy.QUICK if args.quick else []
-        seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
-        accuracy.run_all(records, extra, accuracy.jobs(seeds, ablation, rows, args.first_seed), args.workers,
-                         args.config or accuracy.BASE_CONFIG)
+        accuracy.run_all(records, extra, todo, args.workers, args.config or accuracy.BASE_CONFIG)
     if "cost" in parts:
         from agq.bench.cost import run_cost
 

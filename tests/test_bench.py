@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -645,3 +647,58 @@ def test_a_blank_image_value_near_a_rounding_threshold_is_listed_and_its_level_c
     assert bn_sensitivity.changed({first: low[first]}, {first: high[first]}) == 1
     assert bn_sensitivity.changed(low, high) >= 1
     assert first not in bn_sensitivity.near_thresholds(place(0.3))
+
+
+def test_status_names_each_jobs_state_and_the_training_left_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from agq.bench import status
+    from agq.training.checkpoint import load_checkpoint
+
+    from agq.locks import folder_lock
+    from tests.test_training import run_until_killed
+
+    setting = tmp_path / "setting.yaml"
+    setting.write_text(f"base: {DIGITS_ABS}\ntrain:\n  output_dir: {tmp_path / 'runs'}\n  epochs: 2\n")
+    runner = Runner(tmp_path / "out" / "runs", [], base=setting)
+    runner.records.mkdir(parents=True)
+    todo = jobs(2, 0, ["plain"])
+    runner.run(Job(PRETRAIN, 0))
+    plain = runner.run(Job("plain", 0))
+    run_until_killed(lambda: runner.run(Job(PRETRAIN, 1)), monkeypatch, kill_after=1)
+    cut = load_checkpoint(runner.config(Job(PRETRAIN, 1)).run_dir / "last.pt")["trainer"]["history"]
+
+    found, running = status.statuses(runner, todo)
+    assert running is None
+    assert [(s.job.key, s.state, s.done, s.total) for s in found] == [
+        ("pretrain_plain_s0", "recorded", 2, 2), ("pretrain_plain_s1", "stopped", 1, 2),
+        ("plain_s0", "recorded", 2, 2), ("plain_s1", "waiting", 0, 2)]
+    assert found[1].top1 == cut[0]["test_F_top1"]
+    own_pace = cut[0]["time_s"] + cut[0]["eval_s"]
+    plain_pace = status.statistics.fmean(e["time_s"] + e["eval_s"] for e in plain["history"]
+                                         if e["phase"] == "finetune")
+    assert status.left_seconds(found) == (pytest.approx(own_pace + 2 * plain_pace), 0)
+
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["bench", "--only", "status", "--config", str(setting), "--out", str(tmp_path / "out"),
+                 "--rows", "plain", "--seeds", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert ("2 of 7 jobs recorded, 3 pre-trainings not needed (no row left to start from it); "
+            "no benchmark running") in shown  # seeds 2-4 of --ablation-seeds 5: no row of them asked
+    top1 = f"{cut[0]['test_F_top1']:.2f}"
+    assert re.search(rf"^  stopped +pretrain_plain_s1 +epoch 1/2, test top-1 {top1} %, [0-9.]+ s per epoch$",
+                     shown, re.M)
+    assert re.search(r"^  waiting +plain_s1 +epoch 0/2$", shown, re.M)
+    assert re.search(r"^left: about 0\.0 core-hours \(0\.0 h on 2 workers\)$", shown, re.M)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # reads only
+
+    with folder_lock(tmp_path / "runs", "train.output_dir"):  # a benchmark holds the folder ...
+        runner.claim(Job(PRETRAIN, 1))  # ... and one of its workers this job
+        found, running = status.statuses(runner, todo)
+        assert running is not None and f"pid {os.getpid()}" in running
+        assert found[1].state == "running"
+    assert status.statuses(runner, todo)[0][1].state == "stopped"  # the claim outlives its benchmark
+
+    never_timed, _ = status.statuses(runner, jobs(1, 0, ["plain_ag"]))
+    assert [(s.job.key, s.state) for s in never_timed] == [("pretrain_plain_s0", "recorded"),
+                                                            ("plain_ag_s0", "waiting")]
+    assert status.left_seconds(never_timed) == (0.0, 1)
+    assert status.render(never_timed, None, 2, tmp_path).endswith("plus 1 job of rows not timed yet")

@@ -1,0 +1,129 @@
+"""Where a long benchmark stands: each job recorded, running, stopped part-way or waiting, and about how
+much training is left.
+
+A depth-26 setting runs for tens of core-hours across sessions, and its workers write one log line per
+finished job, so a job of two hours is silent for two hours. This reads what the benchmark keeps anyway
+(records, each run's ``last.pt``, the claims, the benchmark's lock) and writes nothing, so it is safe beside
+a running benchmark. The estimate is each job's own seconds per epoch so far, else its row's recorded
+mean, both measured beside the other workers; it ignores start-up and the last job's tail.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agq.bench.accuracy import PRETRAIN, Job, Runner
+
+from agq.locks import holder
+
+RECORDED, RUNNING, STOPPED, WAITING, NOT_NEEDED = "recorded", "running", "stopped", "waiting", "not needed"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: Job
+    state: str
+    done: int  # epochs of the job's own phase finished
+    total: int
+    top1: float | None  # F's test top-1 after its last finished epoch
+    epoch_s: float | None  # seconds per epoch (training + evaluation), its own; None before its first
+
+
+def _phase(job: Job) -> str:
+    return "pretrain" if job.row == PRETRAIN else "finetune"
+
+
+def _own_epochs(history: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
+    return [e for e in history if e.get("phase") == _phase(job)]
+
+
+def _started(runner: Runner, job: Job, cfg: Any) -> list[dict[str, Any]]:
+    """The job's own finished epochs from its ``last.pt`` (none if that holds another run's config)."""
+    from agq.training.checkpoint import load_checkpoint
+    from agq.training.config import saved_config
+
+    last = cfg.run_dir / "last.pt"
+    if not last.is_file():
+        return []
+    payload = load_checkpoint(last)
+    # another config: the job has not begun (a fine-tuning begins from a relabelled copy) or is stale
+    if saved_config(payload["config"], f"run {last}") != cfg.to_dict():
+        return []
+    return _own_epochs(payload.get("trainer", {}).get("history", []), job)
+
+
+def _status(runner: Runner, job: Job, todo: list[Job], live: bool) -> JobStatus:
+    from agq.io import read_json
+
+    cfg = runner.config(job)
+    total = cfg.train.pretrain_epochs if job.row == PRETRAIN else cfg.train.epochs
+    recorded = runner.record_path(job).is_file()
+    if recorded and (runner.done(job) or not runner.needed(job, todo)):
+        epochs = _own_epochs(read_json(runner.record_path(job), "agq bench --only status").get("history", []),
+                             job)
+        state = RECORDED
+    else:
+        epochs = _started(runner, job, cfg)
+        claimed = (runner.claims / job.key).is_file()
+        state = (NOT_NEEDED if not runner.needed(job, todo) else RUNNING if live and claimed
+                 else STOPPED if epochs else WAITING)
+    top1 = epochs[-1].get("test_F_top1") if epochs else None
+    seconds = statistics.fmean(e["time_s"] + e["eval_s"] for e in epochs) if epochs else None
+    return JobStatus(job, state, len(epochs), total, top1, seconds)
+
+
+def statuses(runner: Runner, todo: list[Job]) -> tuple[list[JobStatus], str | None]:
+    """Every job of ``todo`` in the benchmark's order, and who runs the benchmark now (None: nobody)."""
+    running = holder(Path(runner.base.train.output_dir))
+    return [_status(runner, job, todo, running is not None) for job in todo], running
+
+
+def left_seconds(jobs: list[JobStatus]) -> tuple[float, int]:
+    """Seconds of training left (each unfinished job's epochs at its own pace, else at the mean pace of
+    its row's recorded runs) and how many unfinished jobs have neither, so no estimate."""
+    paces: dict[tuple[str, str], list[float]] = {}
+    for s in jobs:
+        if s.state == RECORDED and s.epoch_s is not None:
+            paces.setdefault((s.job.row, s.job.pre), []).append(s.epoch_s)
+    seconds, unknown = 0.0, 0
+    for s in jobs:
+        if s.state in (RECORDED, NOT_NEEDED) or s.done >= s.total:
+            continue
+        recorded = paces.get((s.job.row, s.job.pre))
+        pace = s.epoch_s if s.epoch_s is not None else statistics.fmean(recorded) if recorded else None
+        if pace is None:
+            unknown += 1
+        else:
+            seconds += pace * (s.total - s.done)
+    return seconds, unknown
+
+
+def render(jobs: list[JobStatus], running: str | None, workers: int, where: Path) -> str:
+    """One line per unfinished job, a count of the others, and the training left."""
+    counts = {state: sum(s.state == state for s in jobs) for state in (RECORDED, NOT_NEEDED)}
+    skipped = counts[NOT_NEEDED]
+    head = f"{where}: {counts[RECORDED]} of {len(jobs)} jobs recorded"
+    if skipped:
+        head += f", {skipped} pre-training{'s' * (skipped != 1)} not needed (no row left to start from it)"
+    lines = [head + (f"; benchmark running: {running}" if running else "; no benchmark running")]
+    for s in jobs:
+        if s.state in (RECORDED, NOT_NEEDED):
+            continue
+        text = f"  {s.state:<8} {s.job.key:<28} epoch {s.done}/{s.total}"
+        if s.top1 is not None:
+            text += f", test top-1 {s.top1:.2f} %"
+        if s.epoch_s is not None:
+            text += f", {s.epoch_s:.1f} s per epoch"
+        lines.append(text)
+    seconds, unknown = left_seconds(jobs)
+    if seconds or unknown:
+        hours = seconds / 3600
+        text = f"left: about {hours:.1f} core-hours ({hours / workers:.1f} h on {workers} workers)"
+        plus = f", plus {unknown} job{'s' * (unknown != 1)} of rows not timed yet" if unknown else ""
+        lines.append(text + plus)
+    else:
+        lines.append("left: nothing")
+    return "\n".join(lines)
