@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -673,8 +674,8 @@ def test_status_names_each_jobs_state_and_the_training_left_and_writes_nothing(t
         ("plain_s0", "recorded", 2, 2), ("plain_s1", "waiting", 0, 2)]
     assert found[1].top1 == cut[0]["test_F_top1"]
     own_pace = cut[0]["time_s"] + cut[0]["eval_s"]
-    plain_pace = status.statistics.fmean(e["time_s"] + e["eval_s"] for e in plain["history"]
-                                         if e["phase"] == "finetune")
+    plain_pace = statistics.fmean(e["time_s"] + e["eval_s"] for e in plain["history"]
+                                  if e["phase"] == "finetune")
     assert status.left_seconds(found) == (pytest.approx(own_pace + 2 * plain_pace), 0)
 
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
