@@ -216,7 +216,6 @@ class Runner:
 
     def run(self, job: Job) -> dict[str, Any]:
         from agq.training.checkpoint import load_checkpoint, save_checkpoint
-        from agq.training.config import saved_config
         from agq.training.loop import train
 
         from agq.io import write_json
@@ -224,8 +223,7 @@ class Runner:
         cfg = self.config(job)
         begin = time.perf_counter()
         last = cfg.run_dir / "last.pt"
-        saved = load_checkpoint(last)["config"] if last.is_file() else None
-        own = saved is not None and saved_config(saved, f"run {last}") == cfg.to_dict()
+        own = own_state(cfg) is not None
         if job.row == PRETRAIN:
             if not own:  # nothing of this run to continue: start clean
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -251,6 +249,19 @@ class Runner:
                   "training_code_sha256": training_code_hash(), "environment": environment()}
         write_json(self.record_path(job), record, indent=1)
         return record
+
+
+def own_state(cfg: Any) -> dict[str, Any] | None:
+    """The run's ``last.pt`` if it holds this run's config (a run to continue; a fine-tuning's is first
+    the relabelled pre-training), else None: none yet, or another run's stale state."""
+    from agq.training.checkpoint import load_checkpoint
+    from agq.training.config import saved_config
+
+    last = cfg.run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    payload = load_checkpoint(last)
+    return payload if saved_config(payload["config"], f"run {last}") == cfg.to_dict() else None
 
 
 def epochs_seconds(history: list[dict[str, Any]], phase: str) -> float:

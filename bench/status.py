@@ -13,9 +13,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agq.bench.accuracy import PRETRAIN, Job, Runner
+from agq.bench.accuracy import PRETRAIN, Job, Runner, own_state
 
 from agq.locks import holder
 
@@ -36,39 +35,22 @@ def _phase(job: Job) -> str:
     return "pretrain" if job.row == PRETRAIN else "finetune"
 
 
-def _own_epochs(history: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
-    return [e for e in history if e.get("phase") == _phase(job)]
-
-
-def _started(runner: Runner, job: Job, cfg: Any) -> list[dict[str, Any]]:
-    """The job's own finished epochs from its ``last.pt`` (none if that holds another run's config)."""
-    from agq.training.checkpoint import load_checkpoint
-    from agq.training.config import saved_config
-
-    last = cfg.run_dir / "last.pt"
-    if not last.is_file():
-        return []
-    payload = load_checkpoint(last)
-    # another config: the job has not begun (a fine-tuning begins from a relabelled copy) or is stale
-    if saved_config(payload["config"], f"run {last}") != cfg.to_dict():
-        return []
-    return _own_epochs(payload.get("trainer", {}).get("history", []), job)
-
-
 def _status(runner: Runner, job: Job, todo: list[Job], live: bool) -> JobStatus:
     from agq.io import read_json
 
     cfg = runner.config(job)
     total = cfg.train.pretrain_epochs if job.row == PRETRAIN else cfg.train.epochs
-    recorded = runner.record_path(job).is_file()
-    if recorded and (runner.done(job) or not runner.needed(job, todo)):
-        epochs = _own_epochs(read_json(runner.record_path(job), "agq bench --only status").get("history", []),
-                             job)
+    needed, state = runner.needed(job, todo), WAITING
+    if runner.record_path(job).is_file() and (not needed or runner.done(job)):
+        history = read_json(runner.record_path(job), "agq bench --only status").get("history", [])
         state = RECORDED
     else:
-        epochs = _started(runner, job, cfg)
+        own = own_state(cfg)  # a fine-tuning not begun holds the pre-training's epochs only
+        history = own.get("trainer", {}).get("history", []) if own else []
+    epochs = [e for e in history if e.get("phase") == _phase(job)]
+    if state != RECORDED:
         claimed = (runner.claims / job.key).is_file()
-        state = (NOT_NEEDED if not runner.needed(job, todo) else RUNNING if live and claimed
+        state = (NOT_NEEDED if not needed else RUNNING if live and claimed
                  else STOPPED if epochs else WAITING)
     top1 = epochs[-1].get("test_F_top1") if epochs else None
     seconds = statistics.fmean(e["time_s"] + e["eval_s"] for e in epochs) if epochs else None
