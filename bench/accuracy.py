@@ -12,7 +12,7 @@ that pre-training would read.
 Workers: ``workers`` child processes (one torch thread each) walk the same ordered job list and claim a
 job by creating its claim file exclusively; a finished job is a record file, so a restarted benchmark
 skips it and an interrupted run, pre-training or fine-tuning, resumes from its own ``last.pt`` (the loop's
-exact resume: the same record as an uninterrupted run).
+exact resume: the same record as an uninterrupted run), before any job not begun (:func:`resume_order`).
 """
 
 from __future__ import annotations
@@ -273,6 +273,14 @@ def epochs_seconds(history: list[dict[str, Any]], phase: str) -> float:
     return round(sum(e["time_s"] + e["eval_s"] for e in history if e["phase"] == phase), 1)
 
 
+def resume_order(runner: Runner, todo: list[Job]) -> list[Job]:
+    """The jobs stopped part-way (own ``last.pt``) first, then the rest in their order: a benchmark
+    restarted with rows or seeds added ahead of a part-trained job finishes that job before it starts a new
+    one, instead of leaving it part-trained behind the new ones."""
+    started = [j for j in todo if not runner.done(j) and own_state(runner.config(j)) is not None]
+    return started + [j for j in todo if j not in started]
+
+
 def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Path) -> None:
     """One worker: take every unfinished, unclaimed job in order."""
     import torch
@@ -306,6 +314,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     runner = Runner(records, extra, base)
     for job in todo:  # a record of another config is one line here, before any worker starts
         runner.check_record(job)
+    todo = resume_order(runner, todo)
     claims = runner.claims
     # one benchmark per train.output_dir: clearing the claims of one still running there would let two
     # workers train one run. agq.locks' flock, which the kernel drops with its process, rather than a pid

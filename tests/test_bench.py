@@ -391,6 +391,26 @@ def test_an_interrupted_pretraining_resumes_from_its_own_state(tmp_path, monkeyp
     assert len(resumed["history"]) == 3 and cut.done(pre)
 
 
+def test_a_restarted_benchmark_finishes_the_job_it_began_before_any_new_one(tmp_path, monkeypatch, capfd):
+    from tests.test_training import run_until_killed
+
+    extra = [f"train.output_dir={tmp_path / 'runs'}", "train.epochs=2"]
+    runner = Runner(tmp_path / "records", extra, base=DIGITS)
+    runner.records.mkdir()
+    runner.run(Job(PRETRAIN, 0))
+    run_until_killed(lambda: runner.run(Job("plain_ag", 0)), monkeypatch, kill_after=1)  # epoch 1 of 2
+    todo = jobs(1, 0, ["plain", "plain_ag"])  # the bench's order: plain before plain_ag
+    assert [j.key for j in todo] == ["pretrain_plain_s0", "plain_s0", "plain_ag_s0"]
+    assert [j.key for j in accuracy.resume_order(runner, todo)] == [
+        "plain_ag_s0", "pretrain_plain_s0", "plain_s0"]
+    capfd.readouterr()
+    accuracy.run_all(runner.records, extra, todo, 1, base=DIGITS)
+    taken = re.findall(r"^\[worker 0\] (\S+):", capfd.readouterr().out, re.M)
+    assert taken == ["plain_ag_s0", "plain_s0"]
+    assert all(runner.done(j) for j in todo)
+    assert accuracy.resume_order(runner, todo) == todo  # nothing part-way: the bench's order
+
+
 def test_a_pretraining_is_run_again_only_while_a_row_of_it_is_unrecorded(tmp_path):
     runner = Runner(tmp_path / "records", [f"train.output_dir={tmp_path / 'runs'}"], base=DIGITS)
     runner.records.mkdir()
