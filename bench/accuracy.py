@@ -17,6 +17,7 @@ exact resume: the same record as an uninterrupted run), before any job not begun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
 from agq.bench.table import differing_epoch
@@ -214,7 +215,7 @@ class Runner:
             return False
         return True
 
-    def run(self, job: Job) -> dict[str, Any]:
+    def run(self, job: Job, progress: bool = False) -> dict[str, Any]:
         from agq.training.checkpoint import load_checkpoint, save_checkpoint
         from agq.training.loop import train
 
@@ -227,7 +228,7 @@ class Runner:
         if job.row == PRETRAIN:
             if not own:  # nothing of this run to continue: start clean
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)
-            train(cfg, resume=own, progress=False)
+            train(cfg, resume=own, progress=progress)
         else:
             pre = Job(PRETRAIN, job.seed, row(job.row).pretrain)
             while not self.done(pre):  # another worker is pre-training it
@@ -237,7 +238,7 @@ class Runner:
                 _check_shareable(payload["config"], cfg.to_dict())
                 payload["config"] = cfg.to_dict()
                 save_checkpoint(last, payload)
-            train(cfg, resume=True, progress=False)
+            train(cfg, resume=True, progress=progress)
         history = json.loads((cfg.run_dir / "metrics.json").read_text())
         if job.row == PRETRAIN:
             self._check_rerun(job, cfg.run_dir, history)
@@ -281,8 +282,26 @@ def resume_order(runner: Runner, todo: list[Job]) -> list[Job]:
     return started + [j for j in todo if j not in started]
 
 
+class JobLines:
+    """A stream that starts each line with the worker and the job: the workers share one log, and the
+    training loop's line per epoch names neither. Not a terminal, so no worker draws a progress bar."""
+
+    def __init__(self, stream: TextIO, prefix: str) -> None:
+        self.stream, self.prefix, self.pending = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.stream.write(f"{self.prefix}{line}\n")
+        self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Path) -> None:
-    """One worker: take every unfinished, unclaimed job in order."""
+    """One worker: take every unfinished, unclaimed job in order, logging a line per epoch and per job."""
     import torch
 
     torch.set_num_threads(1)
@@ -290,9 +309,12 @@ def work(records: Path, extra: list[str], todo: list[Job], worker: int, base: Pa
     for job in todo:
         if runner.done(job) or not runner.needed(job, todo) or not runner.claim(job):
             continue
-        record = runner.run(job)
+        prefix = f"[worker {worker}] {job.key}: "
+        with (contextlib.redirect_stdout(JobLines(sys.stdout, prefix)),
+              contextlib.redirect_stderr(JobLines(sys.stderr, prefix))):
+            record = runner.run(job, progress=True)
         top1 = record["final"].get("test_F_top1", float("nan"))
-        print(f"[worker {worker}] {job.key}: test top-1 {top1:.2f} % ({record['wall_s']:.0f} s)", flush=True)
+        print(f"{prefix}test top-1 {top1:.2f} % ({record['wall_s']:.0f} s)", flush=True)
 
 
 def _wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:

@@ -1,10 +1,10 @@
 """Where a long benchmark stands: each job recorded, running, stopped part-way or waiting, and about how
 much training is left.
 
-A depth-26 setting runs for tens of core-hours across sessions, and its workers write one log line per
-finished job, so a job of two hours is silent for two hours. This reads what the benchmark keeps anyway
-(records, each run's ``last.pt``, the claims, the benchmark's lock) and writes nothing, so it is safe beside
-a running benchmark. The estimate is each job's own seconds per epoch so far, else its row's recorded
+A depth-26 setting runs for tens of core-hours across sessions; its workers' log has a line per epoch of the
+jobs running, but no overview of all of them and of the training left. This reads what the benchmark keeps
+anyway (records, each run's ``last.pt``, the claims, the benchmark's lock) and writes nothing, so it is safe
+beside a running benchmark. The estimate is each job's own seconds per epoch so far, else its row's recorded
 mean, both measured beside the other workers; it ignores start-up and the last job's tail.
 """
 

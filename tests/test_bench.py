@@ -391,7 +391,7 @@ def test_an_interrupted_pretraining_resumes_from_its_own_state(tmp_path, monkeyp
     assert len(resumed["history"]) == 3 and cut.done(pre)
 
 
-def test_a_restarted_benchmark_finishes_the_job_it_began_before_any_new_one(tmp_path, monkeypatch, capfd):
+def test_a_restarted_bench_finishes_a_part_way_job_first_and_logs_each_epoch(tmp_path, monkeypatch, capfd):
     from tests.test_training import run_until_killed
 
     extra = [f"train.output_dir={tmp_path / 'runs'}", "train.epochs=2"]
@@ -405,8 +405,11 @@ def test_a_restarted_benchmark_finishes_the_job_it_began_before_any_new_one(tmp_
         "plain_ag_s0", "pretrain_plain_s0", "plain_s0"]
     capfd.readouterr()
     accuracy.run_all(runner.records, extra, todo, 1, base=DIGITS)
-    taken = re.findall(r"^\[worker 0\] (\S+):", capfd.readouterr().out, re.M)
-    assert taken == ["plain_ag_s0", "plain_s0"]
+    log = capfd.readouterr().out
+    assert re.findall(r"^\[worker 0\] (\S+): test top-1", log, re.M) == ["plain_ag_s0", "plain_s0"]
+    # a line per epoch, named by worker and job: the resumed run's second epoch, then the new run's two
+    assert re.findall(r"^\[worker 0\] (\S+): phase=finetune epoch=(\d) .* test_F_top1=", log, re.M) == [
+        ("plain_ag_s0", "2"), ("plain_s0", "1"), ("plain_s0", "2")]
     assert all(runner.done(j) for j in todo)
     assert accuracy.resume_order(runner, todo) == todo  # nothing part-way: the bench's order
 
@@ -650,7 +653,7 @@ def test_a_blank_image_value_near_a_rounding_threshold_is_listed_and_its_level_c
     model = build_model(load_config(DIGITS).model)
     name, layer = next((n, m) for n, m in model.named_modules() if hasattr(m, "bn") and hasattr(m, "act"))
     blank = torch.zeros(1, 1, 8, 8)
-    scale = float(layer.act.act_quant.scale())
+    scale = float(layer.act.act_quant.scale().detach())
 
     def place(value: float) -> dict:
         with torch.no_grad():
