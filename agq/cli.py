@@ -1,13 +1,15 @@
 """The one command line, ``agq``. Each subcommand lives in its stage's own small ``cli`` module.
 
 Stage modules are imported only when their subcommand runs, so that ``agq train`` never pays for
-importing FINN. Any :class:`AgqError` becomes one line on stderr and the error's exit code.
+importing FINN. Any :class:`AgqError` becomes one line on stderr and the error's exit code; a reader that
+goes away (``agq ... | head``) ends the command quietly with 141, as SIGPIPE ends other writers.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -53,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(argv).parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as a traceback
+        return code
+    except BrokenPipeError:  # the reader went away (`agq ... | head`): stop quietly, as other writers do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit's own flush finds no pipe
+        return 128 + signal.SIGPIPE
     except AgqError as exc:
         print(f"agq {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -433,3 +433,14 @@ def test_unwritable_outputs_are_one_line_and_keep_older_results(finished_run, ex
             if folder.is_dir():
                 folder.chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_a_reader_that_goes_away_stops_a_command_quietly(tmp_path):
+    """``agq ... | head`` closes the pipe before agq writes: one exit code, no traceback."""
+    cmd = [sys.executable, "-m", "agq.cli", "bench", "--only", "status", "--config",
+           "configs/digits_tiny.yaml", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader left: agq's write meets a broken pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
+    assert not (tmp_path / "out").exists()  # status reads only, even when its output is lost
