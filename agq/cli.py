@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 
@@ -50,6 +51,18 @@ def _terminated(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`agq ... | head`): the kernel flags its write end
+    with POLLERR. Only then is a BrokenPipeError the reader's doing rather than the command's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file behind stdout (an in-process caller's capture)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(argv).parse_args(argv)
@@ -58,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as a traceback
         return code
-    except BrokenPipeError:  # the reader went away (`agq ... | head`): stop quietly, as other writers do
+    except BrokenPipeError:
+        if not _reader_gone():  # a pipe of the command's own (a child's stdin): a real failure
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit's own flush finds no pipe
         return 128 + signal.SIGPIPE
     except AgqError as exc:

@@ -444,3 +444,15 @@ def test_a_reader_that_goes_away_stops_a_command_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == "", err
     assert not (tmp_path / "out").exists()  # status reads only, even when its output is lost
+
+
+def test_a_broken_pipe_of_the_commands_own_is_not_taken_for_a_reader_gone(monkeypatch, tmp_path):
+    """Only stdout's reader going away ends a command quietly; any other broken pipe is a failure."""
+    from agq.bench import status
+
+    def child_died(*_args):
+        raise BrokenPipeError(32, "Broken pipe")  # as writing to a dead child's stdin would
+
+    monkeypatch.setattr(status, "render", child_died)
+    with pytest.raises(BrokenPipeError):
+        main(["bench", "--only", "status", "--config", "configs/digits_tiny.yaml", "--out", str(tmp_path)])
