@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from agq.bench import verdict
 from agq.bench.rows import ABLATIONS, ARCHS, BY_NAME, PRETRAIN, PRETRAINED_ONLY, ROWS, SCALE_LABELS
 
 from agq.errors import AgqError
@@ -206,14 +207,18 @@ GAP_METHODS = (*METHODS, "plain_2x", *(r.name for r in ROWS if r.group == "ablat
 
 def gap_recovered(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
     """Share of the plain-to-residual gap that ``method`` closes, (method - plain) / (residual - plain),
-    from the means over the seeds all three rows have (None without such seeds or gap)."""
+    from the means over the seeds all three rows have (None without such seeds or gap), with ``method -
+    plain`` paired over the same seeds: the two numbers the issue's test reads (bench/verdict.py)."""
     values = per_seed(records)
     rows = ("plain", "residual", method)
     seeds = sorted(set.intersection(*(set(values.get(n, {})) for n in rows)))
     if not seeds:
         return None
     plain, residual, other = (statistics.fmean(values[n][s] for s in seeds) for n in rows)
-    return None if residual == plain else {"share": (other - plain) / (residual - plain), "seeds": seeds}
+    if residual == plain:
+        return None
+    against_plain = summarize({s: values[method][s] - values["plain"][s] for s in seeds})
+    return {"share": (other - plain) / (residual - plain), "seeds": seeds, "against_plain": against_plain}
 
 
 def cell(entry: dict[str, Any] | None) -> str:
@@ -256,12 +261,16 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             s = stats[row.name]
             lines.append(f"| {row.label} | {cell(s.get('test_F_top1'))} | {cell(s.get('test_F_top5'))} | "
                          f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
+    outcome = verdict.setting_outcome(pairs or {})
+    if outcome:
+        lines += ["", f"The setting, by the 95 % intervals below: {outcome}."]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",
-                  "and the row share):", ""]
-        lines += [f"- {BY_NAME[m].label}: {100 * g['share']:.0f} % (seeds {', '.join(map(str, g['seeds']))})"
-                  for m, g in present.items()]
+                  "and the row share), and the issue's test (at least two thirds, interval against plain",
+                  "above zero):", ""]
+        lines += [f"- {BY_NAME[m].label}: {100 * g['share']:.0f} % (seeds {', '.join(map(str, g['seeds']))}):"
+                  f" {verdict.closes_gap(g, pairs or {})}" for m, g in present.items()]
     if pairs:
         lines += ["", "### Paired differences (same seed; the rows of one architecture from one pre-trained "
                   "network), top-1 points", "",

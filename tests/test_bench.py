@@ -296,6 +296,34 @@ def test_each_method_and_the_convergence_test_are_paired_against_plain_residual_
     assert pairs[f"{method} - plain_2x"]["values"] == [0.5, -0.5]
 
 
+def verdicts(rows: dict[str, list[float]]) -> str:
+    """The report's table for the given rows' final top-1 per seed (residual's records of its own arch)."""
+    records = [record(name, s, [v], arch="residual" if name == "residual" else "plain")
+               for name, vs in rows.items() for s, v in enumerate(vs)]
+    gaps = {m: table.gap_recovered(records, m) for m in table.GAP_METHODS}
+    return table.markdown(table.summary(records), "t", table.paired(records), gaps)
+
+
+def test_the_report_states_the_settings_outcome_and_which_rows_close_the_gap():
+    converged = {"residual": [98.0, 98.2, 98.1], "plain": [97.0, 97.1, 97.0], "plain_2x": [97.0, 97.2, 96.9],
+                 "plain_ag": [97.9, 98.0, 97.85], "plain_ag_two_pass": [97.3, 97.5, 97.2],
+                 "plain_ag_ssp": [98.4, 97.0, 98.2], "ag_layer": [97.9, 98.0, 97.9]}
+    md = verdicts(converged)
+    assert "converged with a gap" in md and "not converged" not in md
+    assert "- plain + AG (one pass): 83 % (seeds 0, 1, 2): closes the gap" in md
+    assert "BN copied): 28 % (seeds 0, 1, 2): does not close the gap (under two thirds)" in md
+    assert "W/A): 78 % (seeds 0, 1, 2): does not close the gap (interval against plain not above zero)" in md
+    assert "layerwise AG (one pass): 84 % (seeds 0, 1, 2): closes the gap" in md  # an ablation, vs plain too
+    gains = {**converged, "plain_2x": [97.5, 97.6, 97.6]}
+    assert "not converged (plain with twice the epochs still gains beyond noise" in verdicts(gains)
+    no_gap = {**converged, "residual": [97.2, 96.9, 97.1]}
+    assert "no gap (residual - plain not above zero)" in verdicts(no_gap)
+    assert "closes the gap" not in verdicts(no_gap) and "not read: no gap" in verdicts(no_gap)
+    one_seed = {name: vs[:1] for name, vs in converged.items()}
+    md = verdicts(one_seed)
+    assert "The setting" not in md and "not read: residual - plain has no interval" in md
+
+
 def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_row():
     ablations = [r for r in ROWS if r.group == "ablation"]
     assert all(r.reference for r in ablations)  # an ablation without a reference would have no difference
