@@ -233,7 +233,7 @@ def test_float_tie_is_told_apart_from_an_error(checkpoint, onnx_value, is_tie):
     PyTorch; the QONNX file holds ``onnx_value`` steps instead: a few float steps below (the tie of
     FINN-NOTES.md) or 0.3 steps below (a real difference)."""
     cfg, net, _ = load_deployable(checkpoint)
-    s = float(net.head.act.act_quant.scale())
+    s = float(net.head.act.act_quant.scale().detach())
     above = np.float32(1.5 * (1 + 1e-6) * s)
     with torch.no_grad():
         net.head.bn.weight[0] = 0.0
