@@ -265,12 +265,13 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
     if outcome:
         lines += ["", f"The setting, by the 95 % intervals below: {outcome}."]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
+    gap = verdict.above_zero((pairs or {}).get("residual - plain"))
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",
                   "and the row share), and the issue's test (at least two thirds, interval against plain",
                   "above zero):", ""]
         lines += [f"- {BY_NAME[m].label}: {100 * g['share']:.0f} % (seeds {', '.join(map(str, g['seeds']))}):"
-                  f" {verdict.closes_gap(g, pairs or {})}" for m, g in present.items()]
+                  f" {verdict.closes_gap(g, gap)}" for m, g in present.items()]
     if pairs:
         lines += ["", "### Paired differences (same seed; the rows of one architecture from one pre-trained "
                   "network), top-1 points", "",

@@ -32,10 +32,10 @@ def setting_outcome(pairs: dict[str, dict[str, Any]]) -> str | None:
     return "no gap (residual - plain not above zero)"
 
 
-def closes_gap(gap_entry: dict[str, Any], pairs: dict[str, dict[str, Any]]) -> str:
+def closes_gap(gap_entry: dict[str, Any], gap: bool | None) -> str:
     """The issue's test for one row from its share of the gap and its difference to plain over the same
-    seeds (bench.table.gap_recovered), read only where residual - plain lies above zero."""
-    gap = above_zero(pairs.get("residual - plain"))
+    seeds (bench.table.gap_recovered), read only where the setting has a gap (``above_zero`` of residual -
+    plain, computed once per report)."""
     if gap is None:
         return "not read: residual - plain has no interval yet"
     if not gap:
