@@ -261,11 +261,11 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             s = stats[row.name]
             lines.append(f"| {row.label} | {cell(s.get('test_F_top1'))} | {cell(s.get('test_F_top5'))} | "
                          f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
-    outcome = verdict.setting_outcome(pairs or {})
+    gap = verdict.above_zero((pairs or {}).get("residual - plain"))
+    outcome = verdict.setting_outcome(gap, verdict.above_zero((pairs or {}).get("plain_2x - plain")))
     if outcome:
         lines += ["", f"The setting, by the 95 % intervals below: {outcome}."]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
-    gap = verdict.above_zero((pairs or {}).get("residual - plain"))
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",
                   "and the row share), and the issue's test (at least two thirds, interval against plain",

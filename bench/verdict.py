@@ -17,9 +17,9 @@ def above_zero(entry: dict[str, Any] | None) -> bool | None:
     return entry["mean"] - entry["ci95"] > 0
 
 
-def setting_outcome(pairs: dict[str, dict[str, Any]]) -> str | None:
-    """(a) residual - plain and (b) plain_2x - plain read together; None until both have an interval."""
-    gap, gains = above_zero(pairs.get("residual - plain")), above_zero(pairs.get("plain_2x - plain"))
+def setting_outcome(gap: bool | None, gains: bool | None) -> str | None:
+    """(a) residual - plain and (b) plain_2x - plain (each ``above_zero``) read together; None until both
+    have an interval."""
     if gap is None or gains is None:
         return None
     if gains:
@@ -34,8 +34,8 @@ def setting_outcome(pairs: dict[str, dict[str, Any]]) -> str | None:
 
 def closes_gap(gap_entry: dict[str, Any], gap: bool | None) -> str:
     """The issue's test for one row from its share of the gap and its difference to plain over the same
-    seeds (bench.table.gap_recovered), read only where the setting has a gap (``above_zero`` of residual -
-    plain, computed once per report)."""
+    seeds (bench.table.gap_recovered), read only where the setting has a gap (``gap``: ``above_zero`` of
+    residual - plain, the same value ``setting_outcome`` reads)."""
     if gap is None:
         return "not read: residual - plain has no interval yet"
     if not gap:
