@@ -261,8 +261,9 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             s = stats[row.name]
             lines.append(f"| {row.label} | {cell(s.get('test_F_top1'))} | {cell(s.get('test_F_top5'))} | "
                          f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
-    gap = verdict.above_zero((pairs or {}).get("residual - plain"))
-    outcome = verdict.setting_outcome(gap, verdict.above_zero((pairs or {}).get("plain_2x - plain")))
+    pairs = pairs or {}
+    gap = verdict.above_zero(pairs.get("residual - plain"))
+    outcome = verdict.setting_outcome(gap, verdict.above_zero(pairs.get("plain_2x - plain")))
     if outcome:
         lines += ["", f"The setting, by the 95 % intervals below: {outcome}."]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}

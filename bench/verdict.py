@@ -18,8 +18,8 @@ def above_zero(entry: dict[str, Any] | None) -> bool | None:
 
 
 def setting_outcome(gap: bool | None, gains: bool | None) -> str | None:
-    """(a) residual - plain and (b) plain_2x - plain (each ``above_zero``) read together; None until both
-    have an interval."""
+    """``gap`` (residual - plain) and ``gains`` (plain_2x - plain), each ``above_zero`` of its paired
+    difference, read together; None until both have an interval."""
     if gap is None or gains is None:
         return None
     if gains:
