@@ -118,6 +118,35 @@ def environment() -> dict[str, str]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+MACHINE = "machine.json"  # in train.output_dir: the CPU capability its trainer states were made under
+
+
+def check_machine(records: Path, runs: Path) -> None:
+    """One folder holds one machine's runs: another CPU capability's floating point pre-trains another
+    network under the same seed from the first epoch on (AVX2 against AVX512), so its runs are not paired
+    with these. Records name their machine (:func:`environment`); trainer states in ``runs`` (shared by
+    every results folder of a setting) are marked with it on first use, so that a ``runs/`` that survives
+    a change of machine is not continued into records that say the other machine made them."""
+    from agq.io import read_json, write_json
+
+    def capability(data: Any) -> Any:  # None where a file names none (records older than the field)
+        env = data.get("environment", data) if isinstance(data, dict) else None
+        return env.get("cpu_capability") if isinstance(env, dict) else None
+
+    here = environment()["cpu_capability"]
+    for path in sorted(records.glob("*.json")):
+        there = capability(read_json(path, "agq bench --only accuracy"))
+        if there not in (None, here):
+            raise AgqError(f"{path} was run on a {there} CPU and this machine is {here}: a results folder "
+                           "holds one machine's runs, so give this machine's runs another --out")
+    marker = runs / MACHINE
+    there = capability(read_json(marker, "agq bench --only accuracy")) if marker.is_file() else None
+    if there not in (None, here):
+        raise AgqError(f"{runs} holds trainer states made on a {there} CPU and this machine is {here}: "
+                       "move that folder away (its runs would continue under another floating point)")
+    write_json(marker, {"cpu_capability": here})
+
+
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:
     from agq.training.config import saved_config
 
@@ -342,6 +371,7 @@ def run_all(records: Path, extra: list[str], todo: list[Job], workers: int, base
     # workers train one run. agq.locks' flock, which the kernel drops with its process, rather than a pid
     # file, which took an unreaped (zombie) or reused pid for a live benchmark
     with folder_lock(claims.parent, "train.output_dir"):
+        check_machine(records, claims.parent)
         shutil.rmtree(claims, ignore_errors=True)
         claims.mkdir(parents=True)
         spec = json.dumps({"records": str(records), "extra": extra, "base": str(base),

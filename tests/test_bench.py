@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -161,6 +162,29 @@ def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_o
         assert (runs / "claims").is_dir() and not (runs / LOCK).exists()
     finally:
         zombie.wait()
+
+
+def test_records_or_trainer_states_of_another_cpu_stop_the_benchmark_before_any_worker(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    extra = [f"train.output_dir={runs}"]
+    here = accuracy.environment()["cpu_capability"]
+    records.mkdir()
+    (records / "plain_s0.json").write_text(json.dumps(record("plain", 0, [1.0])))  # names no machine
+    (records / "plain_s1.json").write_text(json.dumps({**record("plain", 1, [1.0]),
+                                                       "environment": {"cpu_capability": here}}))
+    accuracy.run_all(records, extra, [], 1, base=DIGITS)
+    assert json.loads((runs / accuracy.MACHINE).read_text()) == {"cpu_capability": here}
+    (records / "plain_s2.json").write_text(json.dumps({**record("plain", 2, [1.0]),
+                                                       "environment": {"cpu_capability": "OTHER"}}))
+    with pytest.raises(AgqError, match=rf"plain_s2\.json was run on a OTHER CPU and this machine is {here}:"):
+        accuracy.run_all(records, extra, [], 1, base=DIGITS)
+    (records / "plain_s2.json").unlink()
+    (runs / accuracy.MACHINE).write_text(json.dumps({"cpu_capability": "OTHER"}))
+    shutil.rmtree(runs / "claims")
+    with pytest.raises(AgqError, match=rf"^{re.escape(str(runs))} holds trainer states made on a OTHER CPU"):
+        accuracy.run_all(records, extra, [], 1, base=DIGITS)
+    assert not (runs / "claims").exists()  # refused before any claim
+    assert json.loads((runs / accuracy.MACHINE).read_text()) == {"cpu_capability": "OTHER"}
 
 
 def test_sigterm_to_the_benchmark_stops_its_workers(tmp_path):
