@@ -104,6 +104,20 @@ def training_code_hash() -> str:
     return digest.hexdigest()
 
 
+def cpu() -> str:
+    """The processor's vendor, family and model (its micro-architecture): two machines that both report
+    AVX512, an earlier one and an AMD family 25 model 17, pre-trained other networks under one seed
+    (2026-12-06), and a virtual machine's model name may say no more than "AMD EPYC"."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    if not {"vendor_id", "cpu family", "model"} <= fields.keys():
+        return "unknown"
+    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
+
+
 def environment() -> dict[str, str]:
     """What besides config and code decides a run's floating point: two pre-trainings of one seed, config
     and code differed from their first epoch on two machines (depth-32 plain, 2026-12-03), so each record
@@ -115,36 +129,41 @@ def environment() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "brevitas": version("brevitas"), "numpy": version("numpy"), "machine": platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu()}
 
 
-MACHINE = "machine.json"  # in train.output_dir: the CPU capability its trainer states were made under
+MACHINE = "machine.json"  # in train.output_dir: the machine its trainer states were made on
+MACHINE_KEYS = ("cpu_capability", "cpu")  # what of environment() names the machine
 
 
 def check_machine(records: Path, runs: Path) -> None:
-    """One folder holds one machine's runs: another CPU capability's floating point pre-trains another
-    network under the same seed from the first epoch on (AVX2 against AVX512), so its runs are not paired
-    with these. Records name their machine (:func:`environment`); trainer states in ``runs`` (shared by
-    every results folder of a setting) are marked with it on first use, so that a ``runs/`` that survives
-    a change of machine is not continued into records that say the other machine made them."""
+    """One folder holds one machine's runs: another machine's floating point pre-trains another network
+    under the same seed from the first epoch on (AVX2 against AVX512; two AVX512 processors), so its runs
+    are not paired with these. Records name their machine (:func:`environment`; older records only the
+    capability, compared alone); trainer states in ``runs`` (shared by every results folder of a setting)
+    are marked with it on first use, so that a ``runs/`` that survives a change of machine is not
+    continued into records that say the other machine made them."""
     from agq.io import read_json, write_json
 
-    def capability(data: Any) -> Any:  # None where a file names none (records older than the field)
-        env = data.get("environment", data) if isinstance(data, dict) else None
-        return env.get("cpu_capability") if isinstance(env, dict) else None
+    here = {k: environment()[k] for k in MACHINE_KEYS}
 
-    here = environment()["cpu_capability"]
+    def other(data: Any) -> str | None:  # the first key naming another machine, as "key value"
+        env = data.get("environment", data) if isinstance(data, dict) else None
+        env = env if isinstance(env, dict) else {}
+        return next((f"{k} {env[k]!r}" for k in MACHINE_KEYS if env.get(k, here[k]) != here[k]), None)
+
+    this = ", ".join(f"{k} {v!r}" for k, v in here.items())
     for path in sorted(records.glob("*.json")):
-        there = capability(read_json(path, "agq bench --only accuracy"))
-        if there not in (None, here):
-            raise AgqError(f"{path} was run on a {there} CPU and this machine is {here}: a results folder "
+        there = other(read_json(path, "agq bench --only accuracy"))
+        if there:
+            raise AgqError(f"{path} was run on another machine ({there}; this one: {this}): a results folder "
                            "holds one machine's runs, so give this machine's runs another --out")
     marker = runs / MACHINE
-    there = capability(read_json(marker, "agq bench --only accuracy")) if marker.is_file() else None
-    if there not in (None, here):
-        raise AgqError(f"{runs} holds trainer states made on a {there} CPU and this machine is {here}: "
+    there = other(read_json(marker, "agq bench --only accuracy")) if marker.is_file() else None
+    if there:
+        raise AgqError(f"{runs} holds trainer states made on another machine ({there}; this one: {this}): "
                        "move that folder away (its runs would continue under another floating point)")
-    write_json(marker, {"cpu_capability": here})
+    write_json(marker, here)
 
 
 def _check_shareable(pretrained: dict[str, Any], cfg: dict[str, Any]) -> None:

@@ -167,24 +167,27 @@ def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_o
 def test_records_or_trainer_states_of_another_cpu_stop_the_benchmark_before_any_worker(tmp_path):
     runs, records = tmp_path / "runs", tmp_path / "records"
     extra = [f"train.output_dir={runs}"]
-    here = accuracy.environment()["cpu_capability"]
+    here = {k: accuracy.environment()[k] for k in ("cpu_capability", "cpu")}
     records.mkdir()
     (records / "plain_s0.json").write_text(json.dumps(record("plain", 0, [1.0])))  # names no machine
     (records / "plain_s1.json").write_text(json.dumps({**record("plain", 1, [1.0]),
-                                                       "environment": {"cpu_capability": here}}))
+                                                       "environment": here}))
+    older = {"cpu_capability": here["cpu_capability"]}  # a record from before the cpu key
+    (records / "plain_s3.json").write_text(json.dumps({**record("plain", 3, [1.0]), "environment": older}))
     accuracy.run_all(records, extra, [], 1, base=DIGITS)
-    assert json.loads((runs / accuracy.MACHINE).read_text()) == {"cpu_capability": here}
-    (records / "plain_s2.json").write_text(json.dumps({**record("plain", 2, [1.0]),
-                                                       "environment": {"cpu_capability": "OTHER"}}))
-    with pytest.raises(AgqError, match=rf"plain_s2\.json was run on a OTHER CPU and this machine is {here}:"):
-        accuracy.run_all(records, extra, [], 1, base=DIGITS)
+    assert json.loads((runs / accuracy.MACHINE).read_text()) == here
+    for key in here:  # the same capability on another processor is another machine too
+        (records / "plain_s2.json").write_text(json.dumps({**record("plain", 2, [1.0]),
+                                                           "environment": here | {key: "OTHER"}}))
+        with pytest.raises(AgqError, match=rf"plain_s2\.json was run on another machine \({key} 'OTHER';"):
+            accuracy.run_all(records, extra, [], 1, base=DIGITS)
     (records / "plain_s2.json").unlink()
-    (runs / accuracy.MACHINE).write_text(json.dumps({"cpu_capability": "OTHER"}))
+    (runs / accuracy.MACHINE).write_text(json.dumps(here | {"cpu": "OTHER"}))
     shutil.rmtree(runs / "claims")
-    with pytest.raises(AgqError, match=rf"^{re.escape(str(runs))} holds trainer states made on a OTHER CPU"):
+    with pytest.raises(AgqError, match=rf"^{re.escape(str(runs))} holds trainer states made on another mach"):
         accuracy.run_all(records, extra, [], 1, base=DIGITS)
     assert not (runs / "claims").exists()  # refused before any claim
-    assert json.loads((runs / accuracy.MACHINE).read_text()) == {"cpu_capability": "OTHER"}
+    assert json.loads((runs / accuracy.MACHINE).read_text())["cpu"] == "OTHER"  # left as it was
 
 
 def test_sigterm_to_the_benchmark_stops_its_workers(tmp_path):
