@@ -75,8 +75,14 @@ def compare(a: tuple[str, Path, str], b: tuple[str, Path, str], records: Records
         for key, old, new in differences(*configs, ignore=PLACES):
             varied[key] = [old, new]
     values = [{s: table.final_value(r[s]) for s in seeds} for r in runs]
-    cpus = {str(r[s].get("environment", {}).get("cpu_capability", "-")) for r in runs for s in seeds}
+    cpus = {_machine(r[s].get("environment", {})) for r in runs for s in seeds}
     return _result(a[0], b[0], varied, sorted(cpus), values)
+
+
+def _machine(env: dict[str, Any]) -> str:
+    """The capability, and the processor where the record names it (two AVX512 processors differ too)."""
+    capability = str(env.get("cpu_capability", "-"))
+    return f"{capability} ({env['cpu']})" if env.get("cpu") else capability
 
 
 def _result(a: str, b: str, varied: dict[str, list[Any]], cpus: list[str],

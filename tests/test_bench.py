@@ -646,7 +646,7 @@ def test_across_pools_pairs_run_apart_each_seed_from_the_one_pair_that_has_it(tm
                 path.unlink()
                 continue
             rec["history"][0]["test_F_top1"] = 60.0
-            rec["environment"] = {"cpu_capability": "AVX2"}
+            rec["environment"] = {"cpu_capability": "AVX2", "cpu": "AuthenticAMD family 25 model 1"}
             path.write_text(json.dumps(rec))
     pairs = [f"{tmp_path / 'a'}:plain", f"{tmp_path / 'b'}:plain", f"{tmp_path / 'a2'}:plain",
              f"{tmp_path / 'b2'}:plain"]
@@ -658,8 +658,10 @@ def test_across_pools_pairs_run_apart_each_seed_from_the_one_pair_that_has_it(tm
     assert pooled["difference"]["seeds"] == [0, 1, 2] and pooled["difference"]["values"] == [1.0, 0.5, 1.0]
     assert pooled["a_top1"]["values"] == [91.0, 92.5, 95.0] and pooled["varied"] == {"train.lr": [1e-2, 1e-3]}
     assert pooled["difference"] == table.difference({0: 91.0, 1: 92.5, 2: 95.0}, {0: 90.0, 1: 92.0, 2: 94.0})
-    assert pooled["cpu_capability"] == ["-", "AVX2"] and result["pairs"][1]["cpu_capability"] == ["AVX2"]
-    assert "| +1.00, +0.50, +1.00 | 0, 1, 2 | -, AVX2 | train.lr: 0.01 vs 0.001 |" in capsys.readouterr().out
+    machine = "AVX2 (AuthenticAMD family 25 model 1)"
+    assert pooled["cpu_capability"] == ["-", machine] and result["pairs"][1]["cpu_capability"] == [machine]
+    row = f"| +1.00, +0.50, +1.00 | 0, 1, 2 | -, {machine} | train.lr: 0.01 vs 0.001 |"
+    assert row in capsys.readouterr().out
 
     _setting(tmp_path / "c", 2, {"plain": [91.0, 92.5, 93.0]})  # varies nothing against b
     for name, lr in (("r", 1e-2), ("r2", 1e-3)):
