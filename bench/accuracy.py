@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agq.bench.rows import ARCHS, PRETRAIN, PRETRAINED_ONLY, ROWS, Row, row
-from agq.bench.table import differing_epoch
+from agq.bench.table import differing_epoch, record_files
 
 from agq.config_loader import differences
 from agq.errors import AgqError
@@ -145,16 +145,16 @@ def check_machine(records: Path, runs: Path) -> None:
     continued into records that say the other machine made them."""
     from agq.io import read_json, write_json
 
-    here = {k: environment()[k] for k in MACHINE_KEYS}
+    env = environment()
+    here = {k: env[k] for k in MACHINE_KEYS}
 
-    def other(data: Any) -> str | None:  # the first key naming another machine, as "key value"
-        env = data.get("environment", data) if isinstance(data, dict) else None
-        env = env if isinstance(env, dict) else {}
-        return next((f"{k} {env[k]!r}" for k in MACHINE_KEYS if env.get(k, here[k]) != here[k]), None)
+    def other(there: Any) -> str | None:  # the first key naming another machine, as "key value"
+        there = there if isinstance(there, dict) else {}
+        return next((f"{k} {there[k]!r}" for k in MACHINE_KEYS if there.get(k, here[k]) != here[k]), None)
 
     this = ", ".join(f"{k} {v!r}" for k, v in here.items())
-    for path in sorted(records.glob("*.json")):
-        there = other(read_json(path, "agq bench --only accuracy"))
+    for path, data in record_files(records):
+        there = other(data.get("environment"))
         if there:
             raise AgqError(f"{path} was run on another machine ({there}; this one: {this}): a results folder "
                            "holds one machine's runs, so give this machine's runs another --out")

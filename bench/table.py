@@ -23,8 +23,8 @@ FIG3_ROWS = ("plain", "plain_ag", "plain_ag_two_pass", "plain_ag_ssp", "residual
 Stats = dict[str, dict[str, Any]]
 
 
-def load_records(folder: Path) -> list[dict[str, Any]]:
-    """Every ``*.json`` record in ``folder``; a file that is not a record is an error naming it."""
+def record_files(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every ``*.json`` record in ``folder`` with its path; a file that is no record is an error naming it."""
     records = []
     for path in sorted(folder.glob("*.json")):
         try:
@@ -33,8 +33,13 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
             raise AgqError(f"run record {path} is not valid JSON: {exc.msg}") from None
         if not isinstance(record, dict) or not {"row", "seed", "history"} <= set(record):
             raise AgqError(f"run record {path}: needs the keys row, seed and history")
-        records.append(record)
+        records.append((path, record))
     return records
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` record in ``folder`` (:func:`record_files` without the paths)."""
+    return [record for _, record in record_files(folder)]
 
 
 def epoch_values(record: dict[str, Any], phase: str = "finetune", metric: str = METRIC) -> list[float]:

@@ -167,7 +167,7 @@ def test_a_second_benchmark_on_one_output_dir_names_the_holder_and_an_unreaped_o
 def test_records_or_trainer_states_of_another_cpu_stop_the_benchmark_before_any_worker(tmp_path):
     runs, records = tmp_path / "runs", tmp_path / "records"
     extra = [f"train.output_dir={runs}"]
-    here = {k: accuracy.environment()[k] for k in ("cpu_capability", "cpu")}
+    here = {k: accuracy.environment()[k] for k in accuracy.MACHINE_KEYS}
     records.mkdir()
     (records / "plain_s0.json").write_text(json.dumps(record("plain", 0, [1.0])))  # names no machine
     (records / "plain_s1.json").write_text(json.dumps({**record("plain", 1, [1.0]),
