@@ -268,9 +268,9 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
                          f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
     pairs = pairs or {}
     gap = verdict.above_zero(pairs.get("residual - plain"))
-    outcome = verdict.setting_outcome(gap, verdict.above_zero(pairs.get("plain_2x - plain")))
-    if outcome:
-        lines += ["", f"The setting, by the 95 % intervals below: {outcome}."]
+    line = verdict.setting_line(pairs.get("residual - plain"), pairs.get("plain_2x - plain"))
+    if line:
+        lines += ["", line]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",

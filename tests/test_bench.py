@@ -346,9 +346,26 @@ def test_the_report_states_the_settings_outcome_and_which_rows_close_the_gap():
     no_gap = {**converged, "residual": [97.2, 96.9, 97.1]}
     assert "no gap (residual - plain not above zero)" in verdicts(no_gap)
     assert "closes the gap" not in verdicts(no_gap) and "not read: no gap" in verdicts(no_gap)
-    one_seed = {name: vs[:1] for name, vs in converged.items()}
-    md = verdicts(one_seed)
-    assert "The setting" not in md and "not read: residual - plain has no interval" in md
+    assert "(residual - plain over 3 seeds (0, 1, 2), plain_2x - plain over 3 seeds (0, 1, 2))" in md
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_neither_reading_is_made_from_fewer_than_three_seeds(seeds):
+    """Two seeds of a clear gap would read "no gap" (t with one degree of freedom): the report must say it
+    has not read the setting yet, and why, instead."""
+    rows = {"residual": [98.0, 98.6], "plain": [97.0, 97.1], "plain_2x": [97.0, 97.2],
+            "plain_ag": [97.9, 98.0]}
+    md = verdicts({name: vs[:seeds] for name, vs in rows.items()})
+    assert "no gap" not in md and "converged" not in md and "closes the gap" not in md
+    listed = ", ".join(map(str, range(seeds)))
+    assert (f"The setting is not read (residual - plain over {seeds} seed{'s' * (seeds > 1)} ({listed}),"
+            f" plain_2x - plain over {seeds} seed") in md and "a reading needs 3 seeds of each" in md
+    assert f"plain + AG (one pass): {[90, 72][seeds - 1]} % " in md
+    assert "not read: residual - plain has under 3 seeds" in md
+
+
+def test_a_report_without_the_settings_rows_says_nothing_of_the_setting():
+    assert "The setting" not in verdicts({"plain": [97.0, 97.1, 97.2], "plain_ag": [97.5, 97.4, 97.6]})
 
 
 def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_row():
