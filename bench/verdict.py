@@ -58,14 +58,13 @@ def setting_line(gap_pair: dict[str, Any] | None, gains_pair: dict[str, Any] | N
 def closes_gap(gap_entry: dict[str, Any], gap: bool | None) -> str:
     """The issue's test for one row from its share of the gap and its difference to plain over the same
     seeds (bench.table.gap_recovered), read only where the setting has a gap (``gap``: ``above_zero`` of
-    residual - plain, the same value ``setting_outcome`` reads)."""
-    if gap is None:
-        return f"not read: residual - plain has under {MIN_SEEDS} seeds"
+    residual - plain, the same value ``setting_outcome`` reads). The row's own seeds are checked first: a
+    row with fewer than MIN_SEEDS is not read whatever the gap, which has at least the row's seeds."""
+    share, helps = gap_entry["share"], above_zero(gap_entry["against_plain"])
+    if helps is None or gap is None:
+        return f"not read: under {MIN_SEEDS} seeds of the row with plain and residual"
     if not gap:
         return "not read: no gap"
-    share, helps = gap_entry["share"], above_zero(gap_entry["against_plain"])
-    if helps is None:
-        return f"not read: under {MIN_SEEDS} seeds"
     if share >= TWO_THIRDS and helps:
         return "closes the gap (at least two thirds, interval against plain above zero)"
     reasons = [*(["under two thirds"] if share < TWO_THIRDS else []),

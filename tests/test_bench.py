@@ -361,7 +361,14 @@ def test_neither_reading_is_made_from_fewer_than_three_seeds(seeds):
     assert (f"The setting is not read (residual - plain over {seeds} seed{'s' * (seeds > 1)} ({listed}),"
             f" plain_2x - plain over {seeds} seed") in md and "a reading needs 3 seeds of each" in md
     assert f"plain + AG (one pass): {[90, 72][seeds - 1]} % " in md
-    assert "not read: residual - plain has under 3 seeds" in md
+    assert "not read: under 3 seeds of the row with plain and residual" in md
+
+
+def test_a_row_under_three_seeds_is_not_read_even_where_the_gap_has_three():
+    rows = {"residual": [97.3, 96.9, 97.1], "plain": [97.0, 97.1, 97.0], "plain_ag": [97.9, 98.0]}
+    md = verdicts(rows)  # residual - plain over three seeds: not above zero, but plain_ag has two
+    assert "not read: no gap" not in md
+    assert "plain + AG (one pass): 1800 % (seeds 0, 1): not read: under 3 seeds of the row" in md
 
 
 def test_a_report_without_the_settings_rows_says_nothing_of_the_setting():
