@@ -267,8 +267,9 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
             lines.append(f"| {row.label} | {cell(s.get('test_F_top1'))} | {cell(s.get('test_F_top5'))} | "
                          f"{cell(s.get('test_H_top1'))} | {s['test_F_top1']['n']} |")
     pairs = pairs or {}
-    gap = verdict.above_zero(pairs.get("residual - plain"))
-    line = verdict.setting_line(pairs.get("residual - plain"), pairs.get("plain_2x - plain"))
+    gap_pair = pairs.get("residual - plain")
+    gap = verdict.above_zero(gap_pair)
+    line = verdict.setting_line(gap_pair, pairs.get("plain_2x - plain"))
     if line:
         lines += ["", line]
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
