@@ -5,7 +5,8 @@ row closes the gap (at least two thirds of it, with its 95 % interval against pl
 
 Neither is read from fewer than MIN_SEEDS paired seeds: with two, the interval's half-width is 12.7 /
 sqrt(2) standard deviations (Student's t, one degree of freedom), so "not above zero" is all but certain and
-a part-way folder would read "no gap" before its plan is in."""
+a part-way folder would read "no gap shown" before its plan is in. "Shown", because an interval holding
+zero says the seeds do not establish a gap, not that there is none."""
 
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ def setting_outcome(gap: bool | None, gains: bool | None) -> str | None:
     if gap is None or gains is None:
         return None
     if gains:
-        no_gap = "" if gap else "; no gap at this length either: residual - plain not above zero"
+        no_gap = "" if gap else "; no gap shown at this length either: residual - plain not above zero"
         return ("not converged (plain with twice the epochs still gains beyond noise: plain_2x - plain above "
                 f"zero{no_gap})")
     if gap:
         return ("converged with a gap (residual - plain above zero; plain_2x - plain not: longer fine-tuning "
                 "no longer gains beyond noise)")
-    return "no gap (residual - plain not above zero)"
+    return "no gap shown (residual - plain not above zero)"
 
 
 def setting_line(gap_pair: dict[str, Any] | None, gains_pair: dict[str, Any] | None) -> str | None:
@@ -64,7 +65,7 @@ def closes_gap(gap_entry: dict[str, Any], gap: bool | None) -> str:
     if helps is None or gap is None:
         return f"not read: under {MIN_SEEDS} seeds of the row with plain and residual"
     if not gap:
-        return "not read: no gap"
+        return "not read: no gap shown"
     if share >= TWO_THIRDS and helps:
         return "closes the gap (at least two thirds, interval against plain above zero)"
     reasons = [*(["under two thirds"] if share < TWO_THIRDS else []),

@@ -344,15 +344,15 @@ def test_the_report_states_the_settings_outcome_and_which_rows_close_the_gap():
     gains = {**converged, "plain_2x": [97.5, 97.6, 97.6]}
     assert "not converged (plain with twice the epochs still gains beyond noise" in verdicts(gains)
     no_gap = {**converged, "residual": [97.2, 96.9, 97.1]}
-    assert "no gap (residual - plain not above zero)" in verdicts(no_gap)
-    assert "closes the gap" not in verdicts(no_gap) and "not read: no gap" in verdicts(no_gap)
+    assert "no gap shown (residual - plain not above zero)" in verdicts(no_gap)
+    assert "closes the gap" not in verdicts(no_gap) and "not read: no gap shown" in verdicts(no_gap)
     assert "(residual - plain over 3 seeds (0, 1, 2), plain_2x - plain over 3 seeds (0, 1, 2))" in md
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
 def test_neither_reading_is_made_from_fewer_than_three_seeds(seeds):
-    """Two seeds of a clear gap would read "no gap" (t with one degree of freedom): the report must say it
-    has not read the setting yet, and why, instead."""
+    """Two seeds of a clear gap would read "no gap shown" (t with one degree of freedom): the report must
+    say it has not read the setting yet, and why, instead."""
     rows = {"residual": [98.0, 98.6], "plain": [97.0, 97.1], "plain_2x": [97.0, 97.2],
             "plain_ag": [97.9, 98.0]}
     md = verdicts({name: vs[:seeds] for name, vs in rows.items()})
