@@ -6,7 +6,8 @@ row closes the gap (at least two thirds of it, with its 95 % interval against pl
 Neither is read from fewer than MIN_SEEDS paired seeds: with two, the interval's half-width is 12.7 /
 sqrt(2) standard deviations (Student's t, one degree of freedom), so "not above zero" is all but certain and
 a part-way folder would read "no gap shown" before its plan is in. "Shown", because an interval holding
-zero says the seeds do not establish a gap, not that there is none."""
+zero says the seeds do not establish a gap, not that there is none. The setting's two differences are
+read over the seeds they share (bench.table.setting_pairs)."""
 
 from __future__ import annotations
 

@@ -364,6 +364,20 @@ def test_neither_reading_is_made_from_fewer_than_three_seeds(seeds):
     assert "not read: under 3 seeds of the row with plain and residual" in md
 
 
+def test_the_setting_reads_both_differences_over_the_seeds_they_share():
+    """Over four seeds the gap is above zero, over the three that plain_2x has it is not: a lagging
+    plain_2x row must not let the setting read "converged with a gap" from a gap of other seeds."""
+    rows = {"residual": [97.3, 97.6, 98.0, 98.1], "plain": [97.0, 97.1, 97.0, 97.0],
+            "plain_2x": [97.0, 97.2, 97.1]}
+    assert table.difference({s: v for s, v in enumerate(rows["residual"])},
+                            {s: v for s, v in enumerate(rows["plain"])})["mean"] > 0.5
+    md = verdicts(rows)
+    assert ("The setting, by the 95 % intervals below (residual - plain over 3 seeds (0, 1, 2), plain_2x - "
+            "plain over 3 seeds (0, 1, 2)): no gap shown") in md
+    assert "| residual - plain | 0.72 ± 0.39 | [+0.11, +1.34] |" in md  # the paired table: all four seeds
+    assert "converged with a gap" in verdicts({**rows, "plain_2x": [*rows["plain_2x"], 97.1]})
+
+
 def test_a_row_under_three_seeds_is_not_read_even_where_the_gap_has_three():
     rows = {"residual": [97.3, 96.9, 97.1], "plain": [97.0, 97.1, 97.0], "plain_ag": [97.9, 98.0]}
     md = verdicts(rows)  # residual - plain over three seeds: not above zero, but plain_ag has two
