@@ -40,7 +40,6 @@ class NodeAssembly:
     node: str
     sources: list[Path] = field(default_factory=list)
     cells: dict[str, Cell] = field(default_factory=dict)
-    hierarchical: bool = False
     nets: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
     intf_nets: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)
 
@@ -72,14 +71,14 @@ def _apply(asm: NodeAssembly, command: str) -> None:
     verb = words[0]
     if verb == "add_files":
         asm.sources.extend(Path(w) for w in words[1:] if not w.startswith("-"))
-    elif verb == "create_bd_cell" and words[1:3] == ["-type", "hier"] and "-reference" not in words:
-        asm.hierarchical = True
     elif verb == "create_bd_cell" and "-reference" in words and words[2] in ("module", "hier"):
         module = words[words.index("-reference") + 1]
         path = words[-1].strip("/")
         asm.cells[path] = Cell(path, module)
-    elif verb in ("create_bd_pin", "create_bd_intf_pin", "save_bd_design"):
-        pass  # hierarchy boundary pins exist implicitly once something connects to them
+    elif verb in ("create_bd_pin", "create_bd_intf_pin", "save_bd_design") or (
+        verb == "create_bd_cell" and words[1:3] == ["-type", "hier"]
+    ):
+        pass  # a hierarchy and its boundary pins exist implicitly once cells and nets name them
     elif verb in ("connect_bd_net", "connect_bd_intf_net"):
         pins = [_pin(ref) for _, ref in refs]
         nets = asm.intf_nets if verb == "connect_bd_intf_net" else asm.nets
