@@ -134,12 +134,15 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
             "blank_image_level_changes": [n for _, n in [*draws, whole]]}  # the draws, then all batches
 
 
-def measure(runs: Path) -> dict[str, Any]:
-    """Every fine-tuned run folder under ``runs`` (those with a ``checkpoint.pt`` and no pre-training)."""
-    found = sorted(p for p in runs.glob("*/checkpoint.pt") if not p.parent.name.startswith("pretrain"))
+def measure(runs: Path, names: set[str] | None = None) -> dict[str, Any]:
+    """Every fine-tuned run folder under ``runs`` (those with a ``checkpoint.pt`` and no pre-training), or
+    those of them named in ``names`` (the jobs ``--rows``, ``--seeds`` and ``--first-seed`` choose): one
+    swinging run can be measured without the hour a whole folder takes beside running workers."""
+    found = sorted(p for p in runs.glob("*/checkpoint.pt") if not p.parent.name.startswith("pretrain")
+                   and (names is None or p.parent.name in names))
     if not found:
-        raise AgqError(f"BN-sensitivity part needs fine-tuned runs in {runs}: run `agq bench --only accuracy`"
-                       " first")
+        which = "fine-tuned runs" if names is None else f"fine-tuned runs of {', '.join(sorted(names))}"
+        raise AgqError(f"BN-sensitivity part needs {which} in {runs}: run `agq bench --only accuracy` first")
     return {"runs": {p.parent.name: sensitivity(p) for p in found}}
 
 

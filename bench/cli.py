@@ -3,7 +3,8 @@
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
-with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs); hw: FINN
+with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs; with
+--rows, only the jobs that --rows, --seeds and --first-seed choose); hw: FINN
 estimates and RTL-simulation cycles of the default model; report: only rebuild README.md and the tables
 from the results present (e.g. while the accuracy part is still running); status: which accuracy
 jobs are recorded, running, stopped part-way or waiting, and the training left (reads only); convergence:
@@ -122,14 +123,16 @@ def run(args: argparse.Namespace) -> int:
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
     from agq.bench import bn_sensitivity, zero_grad  # report imports both anyway
 
-    readers = {name: part for name, part in (("zero_grad", zero_grad), ("bn_sensitivity", bn_sensitivity))
-               if name in parts and not args.quick}
+    readers = [name for name in ("zero_grad", "bn_sensitivity") if name in parts and not args.quick]
     if readers:  # these read the accuracy part's run folders
         from agq.training.config import load_config
 
         runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
-        for name, part in readers.items():
-            report.write_json(out / f"{name}.json", part.measure(runs))
+        chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
+        measures = {"zero_grad": lambda: zero_grad.measure(runs),  # its fixed cases (bench/zero_grad.py)
+                    "bn_sensitivity": lambda: bn_sensitivity.measure(runs, chosen)}
+        for name in readers:
+            report.write_json(out / f"{name}.json", measures[name]())
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records, args.config or accuracy.BASE_CONFIG)

@@ -311,10 +311,10 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
                       f"| variant | top-1 % (F), all seeds | seeds | top-1 % on seeds {common} |",
                       "|---|---|---|---|"]
             for _, label, e in present:
-                pairs_ = zip(e["seeds"], e["values"], strict=True)
-                shared = statistics.fmean(v for s, v in pairs_ if s in common)
+                shared = on_seeds(e, set(common))
+                mean = f"{shared['mean']:.2f}" if shared["n"] else "-"  # rows with no seed in common
                 label = label.format(scale=SCALE_LABELS.get(scale, scale))
-                lines.append(f"| {label} | {cell(e)} | {e['n']} | {shared:.2f} |")
+                lines.append(f"| {label} | {cell(e)} | {e['n']} | {mean} |")
     lines.append("\nMean ± sample standard deviation over seeds (n - 1 in the denominator).")
     return "\n".join(lines) + "\n"
 

@@ -739,6 +739,49 @@ def test_bn_sensitivity_scores_the_saved_statistics_as_training_did(tmp_path, ca
     assert f"| {name} | {scores['saved']:.2f} |" in bn_sensitivity.markdown(report)
 
 
+def test_bn_sensitivity_measures_only_the_chosen_jobs(tmp_path, monkeypatch, capsys):
+    """--rows (with --seeds, --first-seed) picks which runs the part scores; a choice with no run is one
+    line naming it. sensitivity() is replaced by fixed scores: this is about selection."""
+    from agq.bench import bn_sensitivity
+    from agq.training.bn_recalibration import CALIBRATION_BATCHES
+
+    runs = tmp_path / "runs"
+    for name in ("plain_ag_ssp_s3", "plain_ag_ssp_s4", "plain_s3", "pretrain_plain_s3"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "checkpoint.pt").write_bytes(b"")
+    scores = {"saved": 90.0, "test_batch_statistics": 98.0,
+              f"reestimated_{CALIBRATION_BATCHES}_batches": [97.0], "reestimated_all_batches": 81.0,
+              "channels_with_variance_under_eps": {},
+              "blank_image_near_threshold": {}, "blank_image_level_changes": [3, 4]}
+    monkeypatch.setattr(bn_sensitivity, "sensitivity", lambda path: scores)
+    assert list(bn_sensitivity.measure(runs)["runs"]) == ["plain_ag_ssp_s3", "plain_ag_ssp_s4", "plain_s3"]
+    assert list(bn_sensitivity.measure(runs, {"plain_ag_ssp_s3"})["runs"]) == ["plain_ag_ssp_s3"]
+    with pytest.raises(AgqError, match="fine-tuned runs of plain_ag_s3 in"):
+        bn_sensitivity.measure(runs, {"plain_ag_s3"})
+
+    config = tmp_path / "setting.yaml"
+    config.write_text(f"base: {DIGITS_ABS}\ntrain:\n  output_dir: {runs}\n")
+    out = tmp_path / "results"
+    assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
+                 "--rows", "plain_ag_ssp", "--first-seed", "3", "--seeds", "1"]) == 0
+    assert list(json.loads((out / "bn_sensitivity.json").read_text())["runs"]) == ["plain_ag_ssp_s3"]
+    assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
+                 "--rows", "plain_ag", "--first-seed", "3", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plain_ag_s3" in err[0]
+    assert list(json.loads((out / "bn_sensitivity.json").read_text())["runs"]) == ["plain_ag_ssp_s3"]
+
+
+def test_the_ablation_tables_compare_variants_on_the_seeds_they_share():
+    records = [record("plain", s, [v]) for s, v in enumerate([97.0, 97.2, 97.4])]
+    records += [record("plain_ag", s, [v]) for s, v in ((1, 98.0), (2, 98.2))]
+    md = table.markdown(table.summary(records), "t")
+    assert "| variant | top-1 % (F), all seeds | seeds | top-1 % on seeds [1, 2] |" in md
+    assert "| no AG | 97.20 ± 0.20 | 3 | 97.30 |" in md  # seeds 1 and 2 only: (97.2 + 97.4) / 2
+    disjoint = [*records[:1], record("plain_ag", 4, [98.0])]
+    assert "| no AG | 97.00 | 1 | - |" in table.markdown(table.summary(disjoint), "t")
+
+
 def test_a_blank_image_value_near_a_rounding_threshold_is_listed_and_its_level_change_counted():
     """BN of F's first pre-activation layer set to put a blank image's channel 0 at 0.49 steps (listed,
     rounds to 0), then 0.51 (listed, rounds to 1: one change there); the other channels sit at 2 steps.
