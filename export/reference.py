@@ -84,11 +84,6 @@ def torch_logits(model: nn.Module, images: np.ndarray, batch: int = BATCH) -> tu
     return np.concatenate(exact), np.concatenate(floats)
 
 
-def integer_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    """F's exact integer logits (int64) for raw uint8 images: what the last MVAU outputs."""
-    return torch_logits(model, images)[0]
-
-
 def rounding_threshold(code_a: np.ndarray, code_b: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
     """The value (real units) where rounding turns the lower of two codes into the next one."""
     return (np.minimum(code_a, code_b) + 0.5) * scale
