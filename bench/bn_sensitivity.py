@@ -146,6 +146,21 @@ def measure(runs: Path, names: set[str] | None = None) -> dict[str, Any]:
     return {"runs": {p.parent.name: sensitivity(p) for p in found}}
 
 
+def merged(report: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """``report`` over the scores already in ``previous`` (this part's file in the results folder): a run
+    scored earlier keeps its score when this measure leaves it out, since its checkpoint may be gone by now
+    (runs/ is not in git) and the score could not be made again. A run measured now replaces its entry."""
+    from agq.io import read_json
+
+    if not previous.exists():
+        return report
+    old = read_json(previous, "agq bench --only bn_sensitivity")
+    if not isinstance(old, dict) or not isinstance(old.get("runs"), dict):
+        raise AgqError(f"{previous} has no 'runs' table: move it away to measure again")
+    runs = {**old["runs"], **report["runs"]}
+    return {"runs": {name: runs[name] for name in sorted(runs)}}
+
+
 def markdown(report: dict[str, Any]) -> str:
     from agq.training.bn_recalibration import CALIBRATION_BATCHES
 

@@ -4,13 +4,13 @@
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
 with --only): each fine-tuned F's test top-1 under other BN statistics (reads the accuracy runs; with
---rows, only the jobs that --rows, --seeds and --first-seed choose); hw: FINN
-estimates and RTL-simulation cycles of the default model; report: only rebuild README.md and the tables
-from the results present (e.g. while the accuracy part is still running); status: which accuracy
-jobs are recorded, running, stopped part-way or waiting, and the training left (reads only); convergence:
-accuracy against fine-tuning length across the result folders of ``--settings`` (bench/convergence.py);
-across: a row of one setting against a row of another, seed by seed (bench/across.py). Results:
-bench/results/.
+--rows, only the jobs that --rows, --seeds and --first-seed choose; runs scored before keep their
+scores); hw: FINN estimates and RTL-simulation cycles of the default model; report: only rebuild
+README.md and the tables from the results present (e.g. while the accuracy part is still running);
+status: which accuracy jobs are recorded, running, stopped part-way or waiting, and the training left
+(reads only); convergence: accuracy against fine-tuning length across the result folders of
+``--settings`` (bench/convergence.py); across: a row of one setting against a row of another, seed by
+seed (bench/across.py). Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
         chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
         measures = {"zero_grad": lambda: zero_grad.measure(runs),  # its fixed cases (bench/zero_grad.py)
-                    "bn_sensitivity": lambda: bn_sensitivity.measure(runs, chosen)}
+                    "bn_sensitivity": lambda: bn_sensitivity.merged(bn_sensitivity.measure(runs, chosen),
+                                                                    out / "bn_sensitivity.json")}
         for name in readers:
             report.write_json(out / f"{name}.json", measures[name]())
     if "hw" in parts:

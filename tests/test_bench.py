@@ -771,6 +771,22 @@ def test_bn_sensitivity_measures_only_the_chosen_jobs(tmp_path, monkeypatch, cap
     assert len(err) == 1 and "plain_ag_s3" in err[0]
     assert list(json.loads((out / "bn_sensitivity.json").read_text())["runs"]) == ["plain_ag_ssp_s3"]
 
+    # a later choice adds to the scores already there, also where an earlier run's checkpoint is gone
+    (runs / "plain_ag_ssp_s3" / "checkpoint.pt").unlink()
+    scores["saved"] = 97.5
+    assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
+                 "--rows", "plain", "--first-seed", "3", "--seeds", "1"]) == 0
+    kept = json.loads((out / "bn_sensitivity.json").read_text())["runs"]
+    assert list(kept) == ["plain_ag_ssp_s3", "plain_s3"]
+    assert kept["plain_ag_ssp_s3"]["saved"] == 90.0 and kept["plain_s3"]["saved"] == 97.5
+
+    (out / "bn_sensitivity.json").write_text('{"plain_s3": 1}')
+    assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
+                 "--rows", "plain", "--first-seed", "3", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bn_sensitivity.json has no 'runs' table" in err[0]
+    assert (out / "bn_sensitivity.json").read_text() == '{"plain_s3": 1}'
+
 
 def test_the_ablation_tables_compare_variants_on_the_seeds_they_share():
     records = [record("plain", s, [v]) for s, v in enumerate([97.0, 97.2, 97.4])]
