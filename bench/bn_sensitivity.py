@@ -134,31 +134,32 @@ def sensitivity(checkpoint: Path) -> dict[str, Any]:
             "blank_image_level_changes": [n for _, n in [*draws, whole]]}  # the draws, then all batches
 
 
-def measure(runs: Path, names: set[str] | None = None) -> dict[str, Any]:
+def measure(runs: Path, names: set[str] | None = None, previous: Path | None = None) -> dict[str, Any]:
     """Every fine-tuned run folder under ``runs`` (those with a ``checkpoint.pt`` and no pre-training), or
     those of them named in ``names`` (the jobs ``--rows``, ``--seeds`` and ``--first-seed`` choose): one
-    swinging run can be measured without the hour a whole folder takes beside running workers."""
+    swinging run can be measured without the hour a whole folder takes beside running workers.
+
+    ``previous`` is this part's file in the results folder: a run it scored keeps its score when this
+    measure leaves it out, since its checkpoint may be gone by now (runs/ is not in git) and the score could
+    not be made again; a run measured now replaces its entry. It is read first, so that a broken file stops
+    the command before the measuring does."""
+    scores = _scored_before(previous) if previous is not None and previous.exists() else {}
     found = sorted(p for p in runs.glob("*/checkpoint.pt") if not p.parent.name.startswith("pretrain")
                    and (names is None or p.parent.name in names))
     if not found:
         which = "fine-tuned runs" if names is None else f"fine-tuned runs of {', '.join(sorted(names))}"
         raise AgqError(f"BN-sensitivity part needs {which} in {runs}: run `agq bench --only accuracy` first")
-    return {"runs": {p.parent.name: sensitivity(p) for p in found}}
+    scores.update({p.parent.name: sensitivity(p) for p in found})
+    return {"runs": {name: scores[name] for name in sorted(scores)}}
 
 
-def merged(report: dict[str, Any], previous: Path) -> dict[str, Any]:
-    """``report`` over the scores already in ``previous`` (this part's file in the results folder): a run
-    scored earlier keeps its score when this measure leaves it out, since its checkpoint may be gone by now
-    (runs/ is not in git) and the score could not be made again. A run measured now replaces its entry."""
+def _scored_before(path: Path) -> dict[str, Any]:
     from agq.io import read_json
 
-    if not previous.exists():
-        return report
-    old = read_json(previous, "agq bench --only bn_sensitivity")
+    old = read_json(path, "agq bench --only bn_sensitivity")
     if not isinstance(old, dict) or not isinstance(old.get("runs"), dict):
-        raise AgqError(f"{previous} has no 'runs' table: move it away to measure again")
-    runs = {**old["runs"], **report["runs"]}
-    return {"runs": {name: runs[name] for name in sorted(runs)}}
+        raise AgqError(f"{path} has no 'runs' table: move it away to measure again")
+    return dict(old["runs"])
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
         chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
         measures = {"zero_grad": lambda: zero_grad.measure(runs),  # its fixed cases (bench/zero_grad.py)
-                    "bn_sensitivity": lambda: bn_sensitivity.merged(bn_sensitivity.measure(runs, chosen),
-                                                                    out / "bn_sensitivity.json")}
+                    "bn_sensitivity": lambda: bn_sensitivity.measure(runs, chosen,
+                                                                     previous=out / "bn_sensitivity.json")}
         for name in readers:
             report.write_json(out / f"{name}.json", measures[name]())
     if "hw" in parts:

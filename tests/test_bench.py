@@ -753,7 +753,9 @@ def test_bn_sensitivity_measures_only_the_chosen_jobs(tmp_path, monkeypatch, cap
               f"reestimated_{CALIBRATION_BATCHES}_batches": [97.0], "reestimated_all_batches": 81.0,
               "channels_with_variance_under_eps": {},
               "blank_image_near_threshold": {}, "blank_image_level_changes": [3, 4]}
-    monkeypatch.setattr(bn_sensitivity, "sensitivity", lambda path: scores)
+    measured: list[str] = []
+    monkeypatch.setattr(bn_sensitivity, "sensitivity",
+                        lambda path: measured.append(path.parent.name) or scores)
     assert list(bn_sensitivity.measure(runs)["runs"]) == ["plain_ag_ssp_s3", "plain_ag_ssp_s4", "plain_s3"]
     assert list(bn_sensitivity.measure(runs, {"plain_ag_ssp_s3"})["runs"]) == ["plain_ag_ssp_s3"]
     with pytest.raises(AgqError, match="fine-tuned runs of plain_ag_s3 in"):
@@ -781,11 +783,13 @@ def test_bn_sensitivity_measures_only_the_chosen_jobs(tmp_path, monkeypatch, cap
     assert kept["plain_ag_ssp_s3"]["saved"] == 90.0 and kept["plain_s3"]["saved"] == 97.5
 
     (out / "bn_sensitivity.json").write_text('{"plain_s3": 1}')
+    before = len(measured)
     assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
                  "--rows", "plain", "--first-seed", "3", "--seeds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bn_sensitivity.json has no 'runs' table" in err[0]
     assert (out / "bn_sensitivity.json").read_text() == '{"plain_s3": 1}'
+    assert len(measured) == before  # the broken file stopped it before any run was measured
 
 
 def test_the_ablation_tables_compare_variants_on_the_seeds_they_share():
