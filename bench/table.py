@@ -293,10 +293,12 @@ def markdown(stats: Stats, title: str, pairs: Stats | None = None, gaps: Stats |
     present = {m: g for m, g in (gaps or {}).items() if g is not None}
     if present:
         lines += ["", "Share of the plain-to-residual gap closed (means over the seeds that plain, residual",
-                  "and the row share), and the issue's test (at least two thirds, interval against plain",
-                  "above zero):", ""]
+                  "and the row share), the issue's test (at least two thirds, interval against plain above",
+                  "zero) and the row's paired difference to plain on those seeds, with its 95 % interval:",
+                  ""]
         lines += [f"- {BY_NAME[m].label}: {100 * g['share']:.0f} % (seeds {', '.join(map(str, g['seeds']))}):"
-                  f" {verdict.closes_gap(g, gap)}" for m, g in present.items()]
+                  f" {verdict.closes_gap(g, gap)}; against plain {g['against_plain']['mean']:+.2f} "
+                  f"{interval(g['against_plain'])}" for m, g in present.items()]
     if pairs:
         lines += ["", "### Paired differences (same seed; the rows of one architecture from one pre-trained "
                   "network), top-1 points", "",
