@@ -190,7 +190,9 @@ PAIRS = (("residual", "plain"), ("plain_2x", "plain"), ("residual", "plain_2x"),
          *((a, b) for m in METHODS for a, b in ((m, "plain"), ("residual", m), (m, "plain_2x"))),
          ("plain_ag_ssp", "plain_ag"), ("plain_ag", "plain_ag_two_pass"),
          ("residual_log", "plain_log"),  # the gap with both networks' scales in the log domain
-         *((r.name, r.reference) for r in ROWS if r.reference))
+         *((r.name, r.reference) for r in ROWS if r.reference),
+         # the SSP fragment ablations also against the paper's default, blockdrop W/A (paper Table 4)
+         *((r.name, "plain_ag_ssp") for r in ROWS if r.group == "ablation" and "ssp.enabled" in r.overrides))
 
 
 def difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:

@@ -400,6 +400,12 @@ def test_every_ablation_row_is_paired_with_its_reference_and_every_pair_names_a_
     assert table.paired([record(r, 0, [v]) for r, v in (("ag_layer", 97.0), ("plain_ag", 96.5))]) == {
         "ag_layer - plain_ag": table.difference({0: 97.0}, {0: 96.5})}
     assert {n for pair in table.PAIRS for n in pair} <= {r.name for r in ROWS}
+    ssp = [record(r, s, [v]) for r, vs in (("ssp_layer", [97.0, 97.5]), ("plain_ag_ssp", [96.0, 98.0]),
+                                           ("ssp_block", [96.5, 97.0])) for s, v in enumerate(vs)]
+    pairs = table.paired(ssp)  # each SSP fragment against blockdrop W/A; blockdrop W/A is no ablation row
+    assert pairs["ssp_layer - plain_ag_ssp"]["values"] == [1.0, -0.5]
+    assert pairs["ssp_block - plain_ag_ssp"]["values"] == [0.5, -1.0]
+    assert ("ag_layer", "plain_ag_ssp") not in table.PAIRS  # layerwise AG runs without SSP
     log_rows = [record("residual_log", 0, [98.5], arch="residual"), record("plain_log", 0, [97.0])]
     log_gap = table.paired(log_rows)
     assert log_gap == {"residual_log - plain_log": table.difference({0: 98.5}, {0: 97.0})}
