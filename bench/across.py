@@ -147,5 +147,6 @@ def write(pairs: list[tuple[str, str]], results: Path, out: Path, pooled: bool =
     if pooled:
         data["pooled"] = pool(found)
     md = markdown([*found, *([data["pooled"]] if pooled else [])])
-    reading.write(out, "across.json", data, "rows across settings", md)
+    reading.write(out, "across.json", data, "rows across settings", md,
+                  lambda d: [[p["a"], p["b"]] for p in d["pairs"]])
     return md

@@ -147,5 +147,5 @@ def write(folders: dict[str, Path], out: Path) -> str:
     result = analyse(curves, spreads)
     md = markdown(result, list(settings), shared)
     data = {"settings": {n: str(f) for n, f in folders.items()}, "shared_runs": shared, **result}
-    reading.write(out, "convergence.json", data, "convergence", md)
+    reading.write(out, "convergence.json", data, "convergence", md, lambda d: sorted(d["settings"]))
     return md

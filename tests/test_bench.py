@@ -620,6 +620,16 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     assert "| 2 | 5.50 ± 0.50 [+4.26, +6.74] | +6.00, +5.50, +5.00 | -2.83 ± 0.76 [-4.73, -0.94] |" in md
     assert ("| plain | 8 | 93.50 ± 1.50 | 3 | vs 4: -0.17 ± 0.76 [-2.06, +1.73] | +0.50, -1.00, +0.00 | "
             "0.35 (0.35) |") in md
+    convergence.write(dict(reversed(folders.items())), tmp_path / "out")  # the same inputs: read again
+    assert json.loads((tmp_path / "out" / "convergence.json").read_text())["curves"] == result["curves"]
+    kept = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
+    with pytest.raises(AgqError, match=r"out/convergence\.json holds the reading of \['long', 'short'\], "
+                                       r"not of \['short'\]: give --out"):
+        convergence.write({"short": tmp_path / "short"}, tmp_path / "out")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == kept
+    (tmp_path / "out" / "convergence.json").write_text('{"pairs": []}')  # another kind of reading
+    with pytest.raises(AgqError, match=r"is not a reading of this kind"):
+        convergence.write(folders, tmp_path / "out")
 
     _setting(tmp_path / "other", 4, {"plain": [93.0, 93.1, 95.0]})  # seed 1 differs from short's plain_2x
     with pytest.raises(AgqError, match=r"setting other: plain at 4 epochs, seed 1, gives 93.1 but 93.0"):
@@ -657,6 +667,10 @@ def test_across_pairs_a_row_of_two_settings_by_seed_only_from_one_pretrained_net
     assert pair["varied"] == {"train.lr": [1e-2, 1e-3]}  # names, seeds and folders are not what was varied
     row_md = "| 0.75 ± 0.35 | [-2.43, +3.93] | +1.00, +0.50 | 0, 1 | - | train.lr: 0.01 vs 0.001 |"
     assert row_md in capsys.readouterr().out
+    assert main(["bench", "--only", "across", "--pair", b, a, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err  # b - a is another reading: the folder keeps a - b
+    assert "across.json holds the reading of" in err and err.count("\n") == 1, err
+    assert json.loads((tmp_path / "out" / "across.json").read_text())["pairs"] == [pair]
 
     other = tmp_path / "b" / "runs" / "plain_s1.json"
     rec = json.loads(other.read_text())
