@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "name (default bench/mnist_deep; e.g. cifar100_resnet18_plain on a GPU)")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results, with --config "
                         "bench/results/<its name>, with --quick bench/results/quick; --only convergence and "
-                        "across: bench/results/convergence and bench/results/across, each holding one reading, "
-                        "which only the same inputs may replace)")
+                        "across: bench/results/convergence and bench/results/across, each holding one "
+                        "reading, which only the same inputs may replace)")
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost part")
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per method and round")
     parser.add_argument("--cost-batch", type=int, default=64, help="batch of the cost part (default 64)")
