@@ -7,12 +7,13 @@ of other settings."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from agq.io import commit_files, json_bytes, read_json
+from agq.io import commit_files, json_bytes
 
 
 def write(out: Path, json_name: str, data: Any, title: str, md: str, inputs: Callable[[Any], Any]) -> None:
@@ -21,7 +22,10 @@ def write(out: Path, json_name: str, data: Any, title: str, md: str, inputs: Cal
     path = out / json_name
     if path.is_file():
         try:
-            before = inputs(read_json(path, "agq bench"))
+            before = inputs(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):  # not io.read_json: running again cannot mend it
+            raise AgqError(f"{path} is not valid JSON: restore it (git checkout) or give --out a folder of "
+                           "its own") from None
         except (KeyError, TypeError, AttributeError):
             raise AgqError(f"{path} is not a reading of this kind: give --out a folder of its own") from None
         if before != inputs(data):

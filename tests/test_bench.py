@@ -630,6 +630,10 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     (tmp_path / "out" / "convergence.json").write_text('{"pairs": []}')  # another kind of reading
     with pytest.raises(AgqError, match=r"is not a reading of this kind"):
         convergence.write(folders, tmp_path / "out")
+    (tmp_path / "out" / "convergence.json").write_text('{"settings": ')  # cut short
+    with pytest.raises(AgqError, match=r"convergence\.json is not valid JSON: restore it"):
+        convergence.write(folders, tmp_path / "out")
+    assert (tmp_path / "out" / "convergence.json").read_text() == '{"settings": '
 
     _setting(tmp_path / "other", 4, {"plain": [93.0, 93.1, 95.0]})  # seed 1 differs from short's plain_2x
     with pytest.raises(AgqError, match=r"setting other: plain at 4 epochs, seed 1, gives 93.1 but 93.0"):
