@@ -5,7 +5,8 @@ A depth-26 setting runs for tens of core-hours across sessions; its workers' log
 jobs running, but no overview of all of them and of the training left. This reads what the benchmark keeps
 anyway (records, each run's ``last.pt``, the claims, the benchmark's lock) and writes nothing, so it is safe
 beside a running benchmark. The estimate is each job's own seconds per epoch so far, else its row's recorded
-mean, both measured beside the other workers; it ignores start-up and the last job's tail.
+mean, else the mean of its row's jobs under way (a new setting's first runs), all measured beside the other
+workers; it ignores start-up and the last job's tail.
 """
 
 from __future__ import annotations
@@ -65,17 +66,20 @@ def statuses(runner: Runner, todo: list[Job]) -> tuple[list[JobStatus], str | No
 
 def left_seconds(jobs: list[JobStatus]) -> tuple[float, int]:
     """Seconds of training left (each unfinished job's epochs at its own pace, else at the mean pace of
-    its row's recorded runs) and how many unfinished jobs have neither, so no estimate."""
-    paces: dict[tuple[str, str], list[float]] = {}
+    its row's recorded runs, else of its row's runs under way) and how many unfinished jobs have none of
+    these, so no estimate."""
+    recorded: dict[tuple[str, str], list[float]] = {}
+    under_way: dict[tuple[str, str], list[float]] = {}
     for s in jobs:
-        if s.state == RECORDED and s.epoch_s is not None:
-            paces.setdefault((s.job.row, s.job.pre), []).append(s.epoch_s)
+        if s.epoch_s is not None and s.state != NOT_NEEDED:
+            (recorded if s.state == RECORDED else under_way).setdefault((s.job.row, s.job.pre), []).append(
+                s.epoch_s)
     seconds, unknown = 0.0, 0
     for s in jobs:
         if s.state in (RECORDED, NOT_NEEDED) or s.done >= s.total:
             continue
-        recorded = paces.get((s.job.row, s.job.pre))
-        pace = s.epoch_s if s.epoch_s is not None else statistics.fmean(recorded) if recorded else None
+        row = recorded.get((s.job.row, s.job.pre)) or under_way.get((s.job.row, s.job.pre))
+        pace = s.epoch_s if s.epoch_s is not None else statistics.fmean(row) if row else None
         if pace is None:
             unknown += 1
         else:

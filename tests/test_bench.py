@@ -912,3 +912,8 @@ def test_status_names_each_jobs_state_and_the_training_left_and_writes_nothing(t
                                                             ("plain_ag_s0", "waiting")]
     assert status.left_seconds(never_timed) == (0.0, 1)
     assert status.render(never_timed, None, 2, tmp_path).endswith("plus 1 job of rows not timed yet")
+    first, second = (status.JobStatus(Job("plain_ag", seed), state, done, 10, None, pace)
+                     for seed, state, done, pace in ((0, "running", 4, 20.0), (1, "waiting", 0, None)))
+    assert status.left_seconds([first, second]) == (20.0 * 6 + 20.0 * 10, 0)  # a new row: its run under way
+    done = status.JobStatus(Job("plain_ag", 2), "recorded", 10, 10, 97.0, 30.0)
+    assert status.left_seconds([first, second, done]) == (20.0 * 6 + 30.0 * 10, 0)  # a recorded run first
