@@ -173,11 +173,22 @@ def read_json(path: Path, made_by: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise AgqError(f"{path} {not_a_file(path)}: run `{made_by}` first")
+    return _loads(path, f"run `{made_by}` again")
+
+
+def read_earlier_json(path: Path) -> Any:
+    """A result this command keeps or checks before writing over it (scores it merges, the inputs of a
+    reading): broken, it is one line asking to restore it, since running the command again would only
+    meet the same file."""
+    return _loads(Path(path), "restore it (git checkout) or move it away")
+
+
+def _loads(path: Path, remedy: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         detail = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
-        raise AgqError(f"{path} is not valid JSON ({detail}); run `{made_by}` again") from None
+        raise AgqError(f"{path} is not valid JSON ({detail}); {remedy}") from None
 
 
 def bytes_sha256(data: bytes) -> str:

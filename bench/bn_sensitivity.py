@@ -154,9 +154,9 @@ def measure(runs: Path, names: set[str] | None = None, previous: Path | None = N
 
 
 def _scored_before(path: Path) -> dict[str, Any]:
-    from agq.io import read_json
+    from agq.io import read_earlier_json
 
-    old = read_json(path, "agq bench --only bn_sensitivity")
+    old = read_earlier_json(path)
     if not isinstance(old, dict) or not isinstance(old.get("runs"), dict):
         raise AgqError(f"{path} has no 'runs' table: move it away to measure again")
     return dict(old["runs"])

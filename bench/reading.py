@@ -7,13 +7,12 @@ of other settings."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agq.errors import AgqError
-from agq.io import commit_files, json_bytes
+from agq.io import commit_files, json_bytes, read_earlier_json
 
 
 def write(out: Path, json_name: str, data: Any, title: str, md: str, inputs: Callable[[Any], Any]) -> None:
@@ -21,15 +20,14 @@ def write(out: Path, json_name: str, data: Any, title: str, md: str, inputs: Cal
     ``out`` holds a reading whose ``inputs`` (what it read, from its JSON) differ from this one's."""
     path = out / json_name
     if path.is_file():
+        earlier = read_earlier_json(path)
         try:
-            before = inputs(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):  # not io.read_json: running again cannot mend it
-            raise AgqError(f"{path} is not valid JSON: restore it (git checkout) or give --out a folder of "
-                           "its own") from None
+            before = inputs(earlier)
         except (KeyError, TypeError, AttributeError):
             raise AgqError(f"{path} is not a reading of this kind: give --out a folder of its own") from None
-        if before != inputs(data):
-            raise AgqError(f"{path} holds the reading of {before}, not of {inputs(data)}: give --out a "
-                           "folder of its own (the reading there is kept)")
+        now = inputs(data)
+        if before != now:
+            raise AgqError(f"{path} holds the reading of {before}, not of {now}: give --out a folder of its "
+                           "own (the reading there is kept)")
     commit_files(out, {json_name: json_bytes(data, indent=1),
                        "README.md": f"# agq benchmark: {title}\n\n{md}\n".encode()})

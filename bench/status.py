@@ -72,8 +72,8 @@ def left_seconds(jobs: list[JobStatus]) -> tuple[float, int]:
     under_way: dict[tuple[str, str], list[float]] = {}
     for s in jobs:
         if s.epoch_s is not None and s.state != NOT_NEEDED:
-            (recorded if s.state == RECORDED else under_way).setdefault((s.job.row, s.job.pre), []).append(
-                s.epoch_s)
+            paces = recorded if s.state == RECORDED else under_way
+            paces.setdefault((s.job.row, s.job.pre), []).append(s.epoch_s)
     seconds, unknown = 0.0, 0
     for s in jobs:
         if s.state in (RECORDED, NOT_NEEDED) or s.done >= s.total:

@@ -631,7 +631,7 @@ def test_convergence_pairs_lengths_across_settings_and_checks_shared_runs(tmp_pa
     with pytest.raises(AgqError, match=r"is not a reading of this kind"):
         convergence.write(folders, tmp_path / "out")
     (tmp_path / "out" / "convergence.json").write_text('{"settings": ')  # cut short
-    with pytest.raises(AgqError, match=r"convergence\.json is not valid JSON: restore it"):
+    with pytest.raises(AgqError, match=r"convergence\.json is not valid JSON \(.*\); restore it"):
         convergence.write(folders, tmp_path / "out")
     assert (tmp_path / "out" / "convergence.json").read_text() == '{"settings": '
 
@@ -817,6 +817,12 @@ def test_bn_sensitivity_measures_only_the_chosen_jobs(tmp_path, monkeypatch, cap
     assert len(err) == 1 and "bn_sensitivity.json has no 'runs' table" in err[0]
     assert (out / "bn_sensitivity.json").read_text() == '{"plain_s3": 1}'
     assert len(measured) == before  # the broken file stopped it before any run was measured
+    (out / "bn_sensitivity.json").write_text('{"runs": ')  # cut short: running again would meet it too
+    assert main(["bench", "--only", "bn_sensitivity", "--config", str(config), "--out", str(out),
+                 "--rows", "plain", "--first-seed", "3", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bn_sensitivity.json is not valid JSON" in err[0] and "restore it" in err[0]
+    assert len(measured) == before
 
 
 def test_the_ablation_tables_compare_variants_on_the_seeds_they_share():
