@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
 
         runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
         chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
-        paths = {name: out / f"{name}.json" for name in readers}
-        measures = {"zero_grad": lambda: zero_grad.measure(runs),  # its fixed cases (bench/zero_grad.py)
-                    "bn_sensitivity": lambda: bn_sensitivity.measure(runs, chosen,
-                                                                     previous=paths["bn_sensitivity"])}
         for name in readers:
-            report.write_json(paths[name], measures[name]())
+            path = out / f"{name}.json"  # bn_sensitivity merges into the scores this path holds;
+            # zero_grad measures its fixed cases (bench/zero_grad.py)
+            measured = (bn_sensitivity.measure(runs, chosen, previous=path) if name == "bn_sensitivity"
+                        else zero_grad.measure(runs))
+            report.write_json(path, measured)
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records, args.config or accuracy.BASE_CONFIG)
