@@ -61,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _run_folders(config: Path) -> Path:
+    """Where the accuracy part trained: zero_grad and bn_sensitivity read its trainer states there."""
+    from agq.training.config import load_config
+
+    return Path(load_config(config).train.output_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     from agq.bench import accuracy, report
     from agq.bench.rows import row
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from agq.training.config import load_config
 
         load_config(args.config)
+    config = args.config or accuracy.BASE_CONFIG
     if args.only == "convergence":
         from agq.bench.convergence import write
 
@@ -114,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if args.only == "status":
         from agq.bench import status
 
-        runner = accuracy.Runner(records, extra, args.config or accuracy.BASE_CONFIG)
+        runner = accuracy.Runner(records, extra, config)
         print(status.render(*status.statuses(runner, todo), args.workers, out))
         return 0
     if "accuracy" in parts:
-        accuracy.run_all(records, extra, todo, args.workers, args.config or accuracy.BASE_CONFIG)
+        accuracy.run_all(records, extra, todo, args.workers, config)
     if "cost" in parts:
         from agq.bench.cost import run_cost
 
@@ -126,21 +134,15 @@ def run(args: argparse.Namespace) -> int:
         run_cost(args.cost_batch, steps, rounds, out / "cost.json")
     from agq.bench import bn_sensitivity, zero_grad  # report imports both anyway
 
-    readers = [name for name in ("zero_grad", "bn_sensitivity") if name in parts and not args.quick]
-    if readers:  # these read the accuracy part's run folders
-        from agq.training.config import load_config
-
-        runs = Path(load_config(args.config or accuracy.BASE_CONFIG).train.output_dir)
+    if "zero_grad" in parts and not args.quick:  # its fixed cases (bench/zero_grad.py)
+        report.write_json(out / "zero_grad.json", zero_grad.measure(_run_folders(config)))
+    if "bn_sensitivity" in parts and not args.quick:  # merges into the scores its file already holds
         chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
-        for name in readers:
-            path = out / f"{name}.json"  # bn_sensitivity merges into the scores this path holds;
-            # zero_grad measures its fixed cases (bench/zero_grad.py)
-            measured = (bn_sensitivity.measure(runs, chosen, previous=path) if name == "bn_sensitivity"
-                        else zero_grad.measure(runs))
-            report.write_json(path, measured)
+        path = out / "bn_sensitivity.json"
+        report.write_json(path, bn_sensitivity.measure(_run_folders(config), chosen, previous=path))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
-    path = report.write_readme(out, records, args.config or accuracy.BASE_CONFIG)
+    path = report.write_readme(out, records, config)
     print(path.read_text())
     print(f"agq bench: wrote {path}")
     return 0
