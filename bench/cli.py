@@ -61,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _run_folders(config: Path) -> Path:
-    """Where the accuracy part trained: zero_grad and bn_sensitivity read its trainer states there."""
+def _runs_folder(config: Path) -> Path:
+    """The one folder the accuracy part trains in (train.output_dir): zero_grad and bn_sensitivity read its
+    trainer states there."""
     from agq.training.config import load_config
 
     return Path(load_config(config).train.output_dir)
@@ -135,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
     from agq.bench import bn_sensitivity, zero_grad  # report imports both anyway
 
     if "zero_grad" in parts and not args.quick:  # its fixed cases (bench/zero_grad.py)
-        report.write_json(out / "zero_grad.json", zero_grad.measure(_run_folders(config)))
+        report.write_json(out / "zero_grad.json", zero_grad.measure(_runs_folder(config)))
     if "bn_sensitivity" in parts and not args.quick:  # merges into the scores its file already holds
         chosen = {job.key for job in todo if job.row != accuracy.PRETRAIN} if args.rows else None
         path = out / "bn_sensitivity.json"
-        report.write_json(path, bn_sensitivity.measure(_run_folders(config), chosen, previous=path))
+        report.write_json(path, bn_sensitivity.measure(_runs_folder(config), chosen, previous=path))
     if "hw" in parts:
         report.write_hardware(out, args.hw_model, build_missing=not args.quick)
     path = report.write_readme(out, records, config)
