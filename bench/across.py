@@ -27,14 +27,15 @@ from agq.errors import AgqError
 PLACES = ("name", "train.seed", "train.output_dir")  # differ between any two runs; not what was varied
 
 
-def parse(side: str, results: Path) -> tuple[str, Path, str]:
-    """``SETTING:ROW`` -> (label, results folder, row); SETTING is a folder or a name under ``results``."""
+def parse(side: str, results: Path, option: str = "--pair") -> tuple[str, Path, str]:
+    """``SETTING:ROW`` -> (label, results folder, row); SETTING is a folder or a name under ``results``;
+    ``option`` names the argument it came from in an error."""
     setting, sep, name = side.rpartition(":")
     if not sep or not setting or not name:
-        raise AgqError(f"--pair {side!r}: expected SETTING:ROW, e.g. mnist_deep26_96:residual")
+        raise AgqError(f"{option} {side!r}: expected SETTING:ROW, e.g. mnist_deep26_96:residual")
     folder = Path(setting) if Path(setting).exists() else results / setting
     if not (folder / "runs").is_dir():
-        raise AgqError(f"--pair {side!r}: benchmark results folder {folder} has no runs/ of records")
+        raise AgqError(f"{option} {side!r}: benchmark results folder {folder} has no runs/ of records")
     return side, folder, name
 
 

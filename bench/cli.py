@@ -1,5 +1,5 @@
-"""``agq bench [--only PART|report|status|convergence|across] [--seeds N] [--first-seed S] [--quick]
-[--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW ... [--pool]]``.
+"""``agq bench [--only PART|report|status|convergence|across|borrow] [--seeds N] [--first-seed S] [--quick]
+[--from-runs DIR] [--settings A,B] [--pair A:ROW B:ROW ... [--pool]] [--borrow ROW=SETTING:ROW ...]``.
 
 accuracy: every row of the table x seeds (bench/rows.py), resumable; cost: time and memory per step;
 zero_grad: low-bit weights without gradient, per clamp (reads the accuracy runs); bn_sensitivity (only
@@ -10,7 +10,8 @@ README.md and the tables from the results present (e.g. while the accuracy part 
 status: which accuracy jobs are recorded, running, stopped part-way or waiting, and the training left
 (reads only); convergence: accuracy against fine-tuning length across the result folders of
 ``--settings`` (bench/convergence.py); across: a row of one setting against a row of another, seed by
-seed (bench/across.py). Results: bench/results/.
+seed (bench/across.py); borrow: read a row of this setting from another setting's records of the same runs,
+then rebuild the report (bench/borrow.py). Results: bench/results/.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="benchmark accuracy (paper's Table 6 at CPU scale), cost, hardware",
                             description=__doc__)
     parser.add_argument("--only", choices=(*PARTS, "bn_sensitivity", "report", "status", "convergence",
-                                           "across"),
+                                           "across", "borrow"),
                         help="run one part, or only rebuild the report (default: every part)")
     parser.add_argument("--settings", help="--only convergence: comma-separated result folders (a name "
                         "under bench/results or a path) of settings that differ only in fine-tuning epochs")
@@ -36,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", action="store_true",
                         help="--only across: also read the pairs as one comparison, each seed from the one "
                         "pair that has it (seeds run again elsewhere, in folders of their own)")
+    parser.add_argument("--borrow", action="append", metavar="ROW=SETTING:ROW",
+                        help="--only borrow: read this setting's ROW from another setting's records of the "
+                        "same runs, e.g. plain=mnist_deep26_96_log:plain_2x (bench/borrow.py); repeatable")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the main table (default 5)")
     parser.add_argument("--ablation-seeds", type=int, default=5,
                         help="seeds of the ablation rows (default 5)")
@@ -116,10 +120,21 @@ def run(args: argparse.Namespace) -> int:
     default = RESULTS / ("quick" if args.quick else args.config.stem if args.config else "")
     out = args.out or default
     records = out / "runs"
-    parts = [] if args.only == "report" else [args.only] if args.only else list(PARTS)
+    parts = [] if args.only in ("report", "borrow") else [args.only] if args.only else list(PARTS)
     extra = accuracy.QUICK if args.quick else []
     seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
     todo = accuracy.jobs(seeds, ablation, rows, args.first_seed)
+    if args.only == "borrow":
+        from agq.bench import borrow
+
+        if not args.borrow:
+            raise AgqError("--only borrow needs --borrow ROW=SETTING:ROW (one or more)")
+        for spec in args.borrow:
+            borrow.declare(out, config, spec, RESULTS)
+    if "accuracy" in parts or args.only == "status":
+        from agq.bench import borrow
+
+        borrow.check_rows(out, [job.row for job in todo])
     if args.only == "status":
         from agq.bench import status
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agq.bench import bn_sensitivity, bn_stability, cost, hardware, table, zero_grad
+from agq.bench import bn_sensitivity, bn_stability, borrow, cost, hardware, table, zero_grad
 
 from agq.io import atomic_write_bytes
 from agq.io import write_json as _write_json
@@ -71,9 +71,11 @@ def write_readme(out: Path, records_dir: Path, base: Path | str) -> Path:
     """README.md from every result present in ``out``."""
     parts = ["# agq benchmark results", "",
              "Written by `agq bench` (bench/); every number below comes from the files in this folder."]
-    records = table.load_records(records_dir) if records_dir.is_dir() else []
+    records = [*(table.load_records(records_dir) if records_dir.is_dir() else []), *borrow.load(out)]
     if records:
         parts += ["", write_accuracy(records, out, title(base)), "![test accuracy per epoch](fig3.png)"]
+        borrowed = borrow.markdown(out)
+        parts += ["", borrowed] if borrowed else []
     cost_json = out / "cost.json"
     if cost_json.is_file():
         report = json.loads(cost_json.read_text())

@@ -923,3 +923,84 @@ def test_status_names_each_jobs_state_and_the_training_left_and_writes_nothing(t
     assert status.left_seconds([first, second]) == (20.0 * 6 + 20.0 * 10, 0)  # a new row: its run under way
     done = status.JobStatus(Job("plain_ag", 2), "recorded", 10, 10, 97.0, 30.0)
     assert status.left_seconds([first, second, done]) == (20.0 * 6 + 30.0 * 10, 0)  # a recorded run first
+
+
+def _records_of(folder: Path, config: Path, rows: dict[str, list[float]], pretrain: float = 50.0) -> None:
+    """Records of ``rows`` (final top-1 per seed) in ``folder``/runs with the configs the bench gives them
+    under ``config``, from one machine and training code."""
+    runs = folder / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    runner = Runner(runs, [], config)
+    for name, values in rows.items():
+        for seed, value in enumerate(values):
+            rec = record(name, seed, [value], pretrain, arch=row(name).arch)
+            rec |= {"config": runner.config(Job(name, seed)).to_dict(), "training_code_sha256": "code",
+                    "environment": {"cpu_capability": "AVX512", "cpu": "cpu"}}
+            (runs / f"{name}_s{seed}.json").write_text(json.dumps(rec))
+
+
+def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are_its_runs(tmp_path, capsys):
+    """Plan (11)'s plain (4 epochs here) is plan (9)'s plain_2x: borrowed, the longer setting's report
+    reads its gap and outcome; a record that is not the run, the folder's own row, another pre-trained
+    network or machine, and a source changed or gone since are each one line, and nothing is written."""
+    configs = {}
+    for name, epochs in (("short", 2), ("long", 4)):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(f"base: {DIGITS_ABS}\nssp:\n  decay_epochs: 1\ntrain:\n  epochs: {epochs}\n"
+                                 f"  output_dir: {tmp_path / name}_runs\n")
+    short, long = tmp_path / "short", tmp_path / "long"
+    _records_of(short, configs["short"], {"plain": [90.0, 91.0, 92.0], "plain_2x": [92.0, 92.5, 94.0]})
+    _records_of(long, configs["long"], {"residual": [95.0, 95.5, 96.0], "plain_ag": [93.0, 93.5, 94.5]})
+    args = ["bench", "--config", str(configs["long"]), "--out", str(long)]
+    assert main([*args, "--only", "borrow", "--borrow", f"plain={short}:plain_2x"]) == 0
+    borrowed = json.loads((long / "borrowed.json").read_text())
+    assert borrowed["plain"]["row"] == "plain_2x" and borrowed["plain"]["seeds"] == [0, 1, 2]
+    accuracy_json = json.loads((long / "accuracy.json").read_text())
+    assert accuracy_json["rows"]["plain"]["test_F_top1"]["values"] == [92.0, 92.5, 94.0]
+    readme = (long / "README.md").read_text()
+    assert "| residual - plain | 2.67 ± 0.58 | [+1.23, +4.10] | +3.00, +3.00, +2.00 |" in readme
+    share = "- plain + AG (one pass): 31 % (seeds 0, 1, 2): does not close the gap (under two thirds)"
+    assert share in readme
+    assert f"Borrowed rows: plain = the records of plain_2x in {short} (seeds 0, 1, 2)." in readme
+    assert sorted(p.name for p in (long / "runs").iterdir()) == [
+        *(f"plain_ag_s{s}.json" for s in range(3)), *(f"residual_s{s}.json" for s in range(3))]
+    kept = {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()}
+
+    other = tmp_path / "other"  # seed 0 from another pre-trained network; seed 1 from another machine
+    _records_of(other, configs["short"], {"plain_2x": [92.0]}, pretrain=49.0)
+    machine = tmp_path / "machine"
+    _records_of(machine, configs["short"], {"plain_2x": [92.0, 92.5]})
+    moved = machine / "runs" / "plain_2x_s1.json"
+    rec = json.loads(moved.read_text())
+    rec["environment"]["cpu"] = "another cpu"
+    moved.write_text(json.dumps(rec))
+    for spec, message in ((f"plain={short}:plain", "plain_s0.json is not the run row plain is here: config "
+                                                   "key ssp.decay_epochs is 1.1429 there, 2.2857 here"),
+                          (f"residual={short}:plain_2x", "has records of row residual of its own"),
+                          (f"plain={other}:plain_2x", "started from different plain pre-trainings"),
+                          (f"plain={machine}:plain_2x", "plain_2x_s1.json ran on another machine"),
+                          (f"plain={short}:plain_ag", "no finished record of row plain_ag"),
+                          ("plain", "expected ROW=SETTING:ROW"),
+                          (f"nope={short}:plain", "unknown benchmark row 'nope'"),
+                          (f"plain={tmp_path / 'none'}:plain_2x", "has no runs/ of records")):
+        assert main([*args, "--only", "borrow", "--borrow", spec]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()} == kept
+    assert main([*args, "--only", "borrow"]) == 2
+    assert "--only borrow needs --borrow" in capsys.readouterr().err
+    assert main([*args, "--only", "accuracy", "--rows", "residual,plain"]) == 2  # before anything runs
+    assert "row plain is borrowed" in capsys.readouterr().err
+    assert not (tmp_path / "long_runs").exists()
+
+    source = short / "runs" / "plain_2x_s1.json"
+    text = source.read_text()
+    source.write_text(text.replace("92.5", "93.5"))
+    for state in ("changed since it was borrowed (sha256 differs)", "is gone"):
+        assert main([*args, "--only", "report"]) == 2
+        err = capsys.readouterr().err
+        assert f"borrowed record {source} {state}; borrow row plain again" in err and err.count("\n") == 1
+        source.unlink(missing_ok=True)
+    assert {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()} == kept
+    source.write_text(text)
+    assert main([*args, "--only", "report"]) == 0
