@@ -74,7 +74,7 @@ def _runs_folder(config: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agq.bench import accuracy, report
+    from agq.bench import accuracy, borrow, report
     from agq.bench.rows import row
 
     from agq.errors import AgqError
@@ -125,15 +125,10 @@ def run(args: argparse.Namespace) -> int:
     seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
     todo = accuracy.jobs(seeds, ablation, rows, args.first_seed)
     if args.only == "borrow":
-        from agq.bench import borrow
-
         if not args.borrow:
             raise AgqError("--only borrow needs --borrow ROW=SETTING:ROW (one or more)")
-        for spec in args.borrow:
-            borrow.declare(out, config, spec, RESULTS)
+        borrow.declare(out, config, args.borrow, RESULTS)
     if "accuracy" in parts or args.only == "status":
-        from agq.bench import borrow
-
         borrow.check_rows(out, [job.row for job in todo])
     if args.only == "status":
         from agq.bench import status

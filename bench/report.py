@@ -69,9 +69,12 @@ def cost_png(report: dict[str, Any]) -> bytes:
 
 def write_readme(out: Path, records_dir: Path, base: Path | str) -> Path:
     """README.md from every result present in ``out``."""
+    own = table.load_records(records_dir) if records_dir.is_dir() else []
+    records = [*own, *borrow.load(out, own)]
+    source = "the files in this folder"
+    source += f" and the records its {borrow.BORROWED} names" if borrow.entries(out) else ""
     parts = ["# agq benchmark results", "",
-             "Written by `agq bench` (bench/); every number below comes from the files in this folder."]
-    records = [*(table.load_records(records_dir) if records_dir.is_dir() else []), *borrow.load(out)]
+             f"Written by `agq bench` (bench/); every number below comes from {source}."]
     if records:
         parts += ["", write_accuracy(records, out, title(base)), "![test accuracy per epoch](fig3.png)"]
         borrowed = borrow.markdown(out)

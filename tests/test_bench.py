@@ -939,10 +939,12 @@ def _records_of(folder: Path, config: Path, rows: dict[str, list[float]], pretra
             (runs / f"{name}_s{seed}.json").write_text(json.dumps(rec))
 
 
-def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are_its_runs(tmp_path, capsys):
+def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are_its_runs(
+        tmp_path, capsys, monkeypatch):
     """Plan (11)'s plain (4 epochs here) is plan (9)'s plain_2x: borrowed, the longer setting's report
-    reads its gap and outcome; a record that is not the run, the folder's own row, another pre-trained
-    network or machine, and a source changed or gone since are each one line, and nothing is written."""
+    reads its gap and outcome; a record that is not the run, a seed twice, the folder's own row, another
+    pre-trained network, machine or training code, nothing here to check against, and a source changed or
+    gone since are each one line, and nothing is written."""
     configs = {}
     for name, epochs in (("short", 2), ("long", 4)):
         configs[name] = tmp_path / f"{name}.yaml"
@@ -952,33 +954,42 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
     _records_of(short, configs["short"], {"plain": [90.0, 91.0, 92.0], "plain_2x": [92.0, 92.5, 94.0]})
     _records_of(long, configs["long"], {"residual": [95.0, 95.5, 96.0], "plain_ag": [93.0, 93.5, 94.5]})
     args = ["bench", "--config", str(configs["long"]), "--out", str(long)]
-    assert main([*args, "--only", "borrow", "--borrow", f"plain={short}:plain_2x"]) == 0
+    specs = ["--borrow", f"plain={short}:plain_2x", "--borrow", f"residual={short}:plain_2x"]
+    assert main([*args, "--only", "borrow", *specs]) == 2  # the second fails: the first is not written
+    assert "has records of row residual of its own" in capsys.readouterr().err
+    assert not (long / "borrowed.json").exists() and not (long / "README.md").exists()
+    assert main([*args, "--only", "borrow", *specs[:2]]) == 0
     borrowed = json.loads((long / "borrowed.json").read_text())
-    assert borrowed["plain"]["row"] == "plain_2x" and borrowed["plain"]["seeds"] == [0, 1, 2]
+    assert borrowed["plain"]["setting"] == "../short" and borrowed["plain"]["seeds"] == [0, 1, 2]
     accuracy_json = json.loads((long / "accuracy.json").read_text())
     assert accuracy_json["rows"]["plain"]["test_F_top1"]["values"] == [92.0, 92.5, 94.0]
     readme = (long / "README.md").read_text()
     assert "| residual - plain | 2.67 ± 0.58 | [+1.23, +4.10] | +3.00, +3.00, +2.00 |" in readme
     share = "- plain + AG (one pass): 31 % (seeds 0, 1, 2): does not close the gap (under two thirds)"
-    assert share in readme
-    assert f"Borrowed rows: plain = the records of plain_2x in {short} (seeds 0, 1, 2)." in readme
+    assert share in readme and "from the files in this folder and the records its borrowed.json" in readme
+    assert "plain = the records of plain_2x in ../short (relative to this folder; seeds 0, 1, 2)" in readme
     assert sorted(p.name for p in (long / "runs").iterdir()) == [
         *(f"plain_ag_s{s}.json" for s in range(3)), *(f"residual_s{s}.json" for s in range(3))]
     kept = {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()}
+    kept_source = (short / "runs" / "plain_2x_s2.json").read_bytes()
 
-    other = tmp_path / "other"  # seed 0 from another pre-trained network; seed 1 from another machine
+    other = tmp_path / "other"  # seed 0 from another pre-trained network
     _records_of(other, configs["short"], {"plain_2x": [92.0]}, pretrain=49.0)
-    machine = tmp_path / "machine"
-    _records_of(machine, configs["short"], {"plain_2x": [92.0, 92.5]})
-    moved = machine / "runs" / "plain_2x_s1.json"
-    rec = json.loads(moved.read_text())
-    rec["environment"]["cpu"] = "another cpu"
-    moved.write_text(json.dumps(rec))
+    twice = tmp_path / "twice"
+    _records_of(twice, configs["short"], {"plain_2x": [92.0]})
+    shutil.copy(twice / "runs" / "plain_2x_s0.json", twice / "runs" / "plain_2x_s0_again.json")
+    for name, key, value in (("machine", "environment", {"cpu_capability": "AVX512", "cpu": "another cpu"}),
+                             ("code", "training_code_sha256", "other code")):
+        _records_of(tmp_path / name, configs["short"], {"plain_2x": [92.0, 92.5]})
+        moved = tmp_path / name / "runs" / "plain_2x_s1.json"
+        moved.write_text(json.dumps(json.loads(moved.read_text()) | {key: value}))
     for spec, message in ((f"plain={short}:plain", "plain_s0.json is not the run row plain is here: config "
                                                    "key ssp.decay_epochs is 1.1429 there, 2.2857 here"),
                           (f"residual={short}:plain_2x", "has records of row residual of its own"),
                           (f"plain={other}:plain_2x", "started from different plain pre-trainings"),
-                          (f"plain={machine}:plain_2x", "plain_2x_s1.json ran on another machine"),
+                          (f"plain={twice}:plain_2x", f"{twice}/runs/plain_2x_s0_again.json are both seed 0"),
+                          (f"plain={tmp_path}/machine:plain_2x", "plain_2x_s1.json ran on another machine"),
+                          (f"plain={tmp_path}/code:plain_2x", "_s1.json ran on another training code"),
                           (f"plain={short}:plain_ag", "no finished record of row plain_ag"),
                           ("plain", "expected ROW=SETTING:ROW"),
                           (f"nope={short}:plain", "unknown benchmark row 'nope'"),
@@ -987,20 +998,51 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()} == kept
+    empty = ["bench", "--config", str(configs["long"]), "--out", str(tmp_path / "empty"), "--only", "borrow"]
+    assert main([*empty, "--borrow", f"plain={short}:plain_2x"]) == 2  # nothing here to check it against
+    assert "has no record started from the plain pre-training of seed 0" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
     assert main([*args, "--only", "borrow"]) == 2
     assert "--only borrow needs --borrow" in capsys.readouterr().err
-    assert main([*args, "--only", "accuracy", "--rows", "residual,plain"]) == 2  # before anything runs
-    assert "row plain is borrowed" in capsys.readouterr().err
+    from agq.bench import borrow
+
+    def check_then_change(*check_args) -> None:  # the source rewritten between its check and its hash
+        checked(*check_args)
+        path = short / "runs" / "plain_2x_s2.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"wall_s": 1.0}))
+
+    checked = borrow._check
+    monkeypatch.setattr(borrow, "_check", check_then_change)
+    assert main([*args, "--only", "borrow", "--borrow", f"plain={short}:plain_2x"]) == 2
+    assert "plain_2x_s2.json changed while it was checked; borrow again" in capsys.readouterr().err
+    monkeypatch.setattr(borrow, "_check", checked)
+    (short / "runs" / "plain_2x_s2.json").write_bytes(kept_source)
+    for only in ("accuracy", "status"):  # before anything runs
+        assert main([*args, "--only", only, "--rows", "residual,plain"]) == 2
+        assert "row plain is borrowed" in capsys.readouterr().err
     assert not (tmp_path / "long_runs").exists()
 
+    monkeypatch.chdir(tmp_path / "short")  # the source is found from the results folder, not the cwd
+    own = long / "runs" / "plain_s0.json"
+    shutil.copy(short / "runs" / "plain_s0.json", own)
     source = short / "runs" / "plain_2x_s1.json"
     text = source.read_text()
-    source.write_text(text.replace("92.5", "93.5"))
-    for state in ("changed since it was borrowed (sha256 differs)", "is gone"):
+
+    def refused(message: str) -> None:
         assert main([*args, "--only", "report"]) == 2
         err = capsys.readouterr().err
-        assert f"borrowed record {source} {state}; borrow row plain again" in err and err.count("\n") == 1
-        source.unlink(missing_ok=True)
-    assert {p.name: p.read_bytes() for p in long.iterdir() if p.is_file()} == kept
+        assert message in err and err.count("\n") == 1, err
+
+    refused("has records of row plain, which")  # the folder's own plain beside the borrowed one
+    own.unlink()
+    source.write_text(text.replace("92.5", "93.5"))
+    refused(f"borrowed record {source} changed since it was borrowed (sha256 differs); borrow row plain")
+    source.unlink()
+    refused(f"borrowed record {source} is not found")
+    (long / "borrowed.json").write_text('{"plain": {"records": []}}')
+    refused("borrowed.json: expected {ROW: {setting, row, seeds, records}}")
+    assert {p.name: p.read_bytes() for p in long.iterdir() if p.is_file() and p.name != "borrowed.json"} == {
+        k: v for k, v in kept.items() if k != "borrowed.json"}
+    (long / "borrowed.json").write_bytes(kept["borrowed.json"])
     source.write_text(text)
     assert main([*args, "--only", "report"]) == 0
