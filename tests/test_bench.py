@@ -1022,7 +1022,9 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
         assert "row plain is borrowed" in capsys.readouterr().err
     assert not (tmp_path / "long_runs").exists()
 
-    monkeypatch.chdir(tmp_path / "short")  # the source is found from the results folder, not the cwd
+    elsewhere = tmp_path / "x" / "y"  # where "../short" is no folder: the source is found from the results
+    elsewhere.mkdir(parents=True)  # folder, not the working directory
+    monkeypatch.chdir(elsewhere)
     own = long / "runs" / "plain_s0.json"
     shutil.copy(short / "runs" / "plain_s0.json", own)
     source = short / "runs" / "plain_2x_s1.json"
