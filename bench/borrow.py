@@ -131,6 +131,9 @@ def declare(out: Path, base: Path, specs: list[str], results: Path) -> dict[str,
     own = table.load_records(out / "runs") if (out / "runs").is_dir() else []
     runner = Runner(out / "runs", [], base)
     borrowed, relabelled, labels = entries(out), [], []
+    names = [parse(spec)[0] for spec in specs]
+    if len(set(names)) < len(names):
+        raise AgqError(f"--borrow: row {next(n for n in names if names.count(n) > 1)} is given twice")
     for spec in specs:
         name, source = parse(spec)
         _, folder, source_row = across.parse(source, results, "--borrow")
