@@ -63,23 +63,27 @@ def entries(out: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def load(out: Path, own: Records) -> Records:
-    """The borrowed records under this setting's row names, each hash checked against ``borrowed.json``;
-    ``own`` (the folder's own records) may hold no record of a borrowed row."""
+def _read(out: Path, name: str, entry: dict[str, Any], own: Records) -> Records:
+    """Row ``name``'s borrowed records, each hash checked; ``own`` (the folder's records) may hold none
+    of that row."""
+    if any(r["row"] == name for r in own):
+        raise AgqError(f"{out / 'runs'} has records of row {name}, which {out / BORROWED} borrows: "
+                       "move one of the two away")
     found = []
-    for name, entry in entries(out).items():
-        if any(r["row"] == name for r in own):
-            raise AgqError(f"{out / 'runs'} has records of row {name}, which {out / BORROWED} borrows: "
-                           "move one of the two away")
-        for file, sha in entry["records"].items():
-            path = Path(os.path.normpath(out / entry["setting"] / "runs" / file))
-            data = path.read_bytes() if path.is_file() else None
-            if data is None or bytes_sha256(data) != sha:
-                state = "is not found" if data is None else "changed since it was borrowed (sha256 differs)"
-                raise AgqError(f"{out / BORROWED}: borrowed record {path} {state}; borrow row {name} again "
-                               "with agq bench --only borrow")
-            found.append({**json.loads(data), "row": name})
+    for file, sha in entry["records"].items():
+        path = Path(os.path.normpath(out / entry["setting"] / "runs" / file))
+        data = path.read_bytes() if path.is_file() else None
+        if data is None or bytes_sha256(data) != sha:
+            state = "is not found" if data is None else "changed since it was borrowed (sha256 differs)"
+            raise AgqError(f"{out / BORROWED}: borrowed record {path} {state}; borrow row {name} again "
+                           "with agq bench --only borrow")
+        found.append({**json.loads(data), "row": name})
     return found
+
+
+def load(out: Path, own: Records) -> Records:
+    """The borrowed records under this setting's row names (see :func:`_read`)."""
+    return [r for name, entry in entries(out).items() for r in _read(out, name, entry, own)]
 
 
 def check_rows(out: Path, rows: list[str]) -> None:
@@ -119,6 +123,10 @@ def _check(spec: str, name: str, files: list[tuple[Path, dict[str, Any]]], own: 
             raise AgqError(f"--borrow {spec}: {runner.records} has no record started from the "
                            f"{row(name).pretrain} pre-training of seed {seed} to check {path} against")
         mine, theirs = _machine_and_code(beside[0]), _machine_and_code(record)
+        for where, said in (("the beside record", mine), (str(path), theirs)):
+            if None in (*said[0], said[1]):
+                raise AgqError(f"--borrow {spec}: {where} of seed {seed} does not say which machine and "
+                               "training code ran it")
         if mine != theirs:
             what = "machine" if mine[0] != theirs[0] else "training code"
             raise AgqError(f"--borrow {spec}: {path} ran on another {what} than {runner.records}'s records")
@@ -134,6 +142,11 @@ def declare(out: Path, base: Path, specs: list[str], results: Path) -> dict[str,
     names = [parse(spec)[0] for spec in specs]
     if len(set(names)) < len(names):
         raise AgqError(f"--borrow: row {next(n for n in names if names.count(n) > 1)} is given twice")
+    for name, entry in borrowed.items():  # the rows kept must still read, or the report would not
+        if name not in names:
+            kept = _read(out, name, entry, own)
+            relabelled += kept
+            labels += [f"{entry['setting']}: {entry['row']}_s{r['seed']}" for r in kept]
     for spec in specs:
         name, source = parse(spec)
         _, folder, source_row = across.parse(source, results, "--borrow")

@@ -33,6 +33,8 @@ def record_files(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
             raise AgqError(f"run record {path} is not valid JSON: {exc.msg}") from None
         if not isinstance(record, dict) or not {"row", "seed", "history"} <= set(record):
             raise AgqError(f"run record {path}: needs the keys row, seed and history")
+        if not isinstance(record["row"], str) or type(record["seed"]) is not int:
+            raise AgqError(f"run record {path}: row must be a name and seed a whole number")
         records.append((path, record))
     return records
 

@@ -110,6 +110,10 @@ def test_records_folder_with_a_broken_record_is_an_error(tmp_path):
     (tmp_path / "b.json").write_text("{")
     with pytest.raises(AgqError, match=r"b\.json is not valid JSON"):
         table.load_records(tmp_path)
+    for seed in ("three", 1.0, True):
+        (tmp_path / "b.json").write_text(json.dumps(record("plain", 0, [1.0]) | {"seed": seed}))
+        with pytest.raises(AgqError, match=r"b\.json: row must be a name and seed a whole number"):
+            table.load_records(tmp_path)
 
 
 def test_a_record_of_another_config_stops_the_benchmark_before_any_worker(tmp_path):
@@ -979,7 +983,7 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
     _records_of(twice, configs["short"], {"plain_2x": [92.0]})
     shutil.copy(twice / "runs" / "plain_2x_s0.json", twice / "runs" / "plain_2x_s0_again.json")
     for name, key, value in (("machine", "environment", {"cpu_capability": "AVX512", "cpu": "another cpu"}),
-                             ("code", "training_code_sha256", "other code")):
+                             ("code", "training_code_sha256", "other code"), ("bare", "environment", {})):
         _records_of(tmp_path / name, configs["short"], {"plain_2x": [92.0, 92.5]})
         moved = tmp_path / name / "runs" / "plain_2x_s1.json"
         moved.write_text(json.dumps(json.loads(moved.read_text()) | {key: value}))
@@ -990,6 +994,7 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
                           (f"plain={twice}:plain_2x", f"{twice}/runs/plain_2x_s0_again.json are both seed 0"),
                           (f"plain={tmp_path}/machine:plain_2x", "plain_2x_s1.json ran on another machine"),
                           (f"plain={tmp_path}/code:plain_2x", "_s1.json ran on another training code"),
+                          (f"plain={tmp_path}/bare:plain_2x", "does not say which machine and training code"),
                           (f"plain={short}:plain_ag", "no finished record of row plain_ag"),
                           ("plain", "expected ROW=SETTING:ROW"),
                           (f"nope={short}:plain", "unknown benchmark row 'nope'"),
@@ -1050,3 +1055,18 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
     (long / "borrowed.json").write_bytes(kept["borrowed.json"])
     source.write_text(text)
     assert main([*args, "--only", "report"]) == 0
+
+    half = tmp_path / "half"  # long's own setting run elsewhere: its plain_kd is long's plain_kd
+    _records_of(half, configs["long"], {"plain_kd": [93.0, 93.0, 94.0]})
+    assert main([*args, "--only", "borrow", "--borrow", f"plain_kd={half}:plain_kd"]) == 0
+    assert sorted(json.loads((long / "borrowed.json").read_text())) == ["plain", "plain_kd"]
+    stale = half / "runs" / "plain_kd_s0.json"
+    stale.write_text(stale.read_text().replace("93.0", "93.5"))
+    before = (long / "borrowed.json").read_bytes()
+    copy = shutil.copytree(short, tmp_path / "copy")  # the same records elsewhere: borrowed.json would change
+    assert main([*args, "--only", "borrow", "--borrow", f"plain={copy}:plain_2x"]) == 2  # kept row is stale
+    assert f"borrowed record {stale} changed since it was borrowed" in capsys.readouterr().err
+    assert (long / "borrowed.json").read_bytes() == before
+    assert main([*args, "--only", "borrow", "--borrow", f"plain_kd={half}:plain_kd"]) == 0  # borrowed again
+    assert json.loads((long / "accuracy.json").read_text())["rows"]["plain_kd"]["test_F_top1"]["values"] == [
+        93.5, 93.0, 94.0]
