@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     extra = accuracy.QUICK if args.quick else []
     seeds, ablation = (1, 0) if args.quick else (args.seeds, args.ablation_seeds)
     todo = accuracy.jobs(seeds, ablation, rows, args.first_seed)
+    if args.borrow and args.only != "borrow":
+        raise AgqError("--borrow is read only by --only borrow")
     if args.only == "borrow":
         if not args.borrow:
             raise AgqError("--only borrow needs --borrow ROW=SETTING:ROW (one or more)")

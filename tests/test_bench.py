@@ -1009,6 +1009,8 @@ def test_a_borrowed_row_is_read_from_the_other_settings_records_only_if_they_are
     assert not (tmp_path / "empty").exists()
     assert main([*args, "--only", "borrow"]) == 2
     assert "--only borrow needs --borrow" in capsys.readouterr().err
+    assert main([*args, "--only", "report", *specs[:2]]) == 2  # not silently ignored
+    assert "--borrow is read only by --only borrow" in capsys.readouterr().err
     assert main([*args, "--only", "borrow", *specs[:2], *specs[:2]]) == 2
     assert "--borrow: row plain is given twice" in capsys.readouterr().err
     from agq.bench import borrow
