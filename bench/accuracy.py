@@ -217,12 +217,19 @@ class Runner:
         return any(not self.done(j) for j in todo
                    if j.row != PRETRAIN and j.seed == job.seed and row(j.row).pretrain == job.pre)
 
+    def first_difference(self, job: Job, saved: dict[str, Any], where: str,
+                         ignore: tuple[str, ...] = ("train.output_dir",)) -> tuple[str, Any, Any] | None:
+        """The first config key (key, saved value, value here) in which a record's ``saved`` config differs
+        from what this setting gives ``job``; run folders may move, so ``train.output_dir`` is ignored."""
+        from agq.training.config import saved_config
+
+        bad = differences(saved_config(saved, where), self.config(job).to_dict(), ignore=ignore)
+        return bad[0] if bad else None
+
     def check_record(self, job: Job) -> None:
         """A record run under another config (the setting's YAML edited since) would be counted as this
         setting's result, and overwriting it would lose a finished run: the user decides. Checked once,
         by run_all before any worker starts (one benchmark at a time, so no record appears meanwhile)."""
-        from agq.training.config import saved_config
-
         from agq.io import read_json
 
         path = self.record_path(job)
@@ -231,10 +238,9 @@ class Runner:
         data = read_json(path, "agq bench --only accuracy")
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
             raise AgqError(f"{path} is not a benchmark record (no config); move it away")
-        bad = differences(saved_config(data["config"], str(path)), self.config(job).to_dict(),
-                          ignore=("train.output_dir",))  # a benchmark's run folders may move
+        bad = self.first_difference(job, data["config"], str(path))
         if bad:
-            key, old, new = bad[0]
+            key, old, new = bad
             raise AgqError(f"{path} was run with {key}={old!r}, the config now gives {new!r}: "
                            "move the record away to run it again, or restore the config")
 

@@ -4,8 +4,8 @@ Plan (11)'s plain row (192 fine-tuning epochs) is plan (9)'s plain_2x: the same 
 start, so it is run once and recorded in plan (9)'s folder. Without it the longer setting's own report has no
 plain row, so neither the setting's outcome nor any row's share of the gap could be read there. A results
 folder's ``borrowed.json`` names, per borrowed row, the folder (relative to the results folder) and row its
-records come from and each record's sha256; the report reads them from there under this setting's row name,
-next to the folder's own records.
+records come from and each record's sha256 (under its file name, so the seeds are the records'); the report
+reads them from there under this setting's row name, next to the folder's own records.
 
 Borrowing checks once that every record is the run this setting's row would be: its config equal to the one
 the row gets here (bar the run's name and its run folder), one record per seed, and beside it a record of this
@@ -25,7 +25,6 @@ from agq.bench import across, table
 from agq.bench.accuracy import MACHINE_KEYS, Job, Runner
 from agq.bench.rows import row
 
-from agq.config_loader import differences
 from agq.errors import AgqError
 from agq.io import atomic_write_bytes, bytes_sha256, json_bytes, read_json
 
@@ -47,8 +46,7 @@ def parse(spec: str) -> tuple[str, str]:
 def _valid(entry: Any) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("setting"), str)
             and isinstance(entry.get("row"), str) and isinstance(entry.get("records"), dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in entry["records"].items())
-            and isinstance(entry.get("seeds"), list) and all(isinstance(s, int) for s in entry["seeds"]))
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in entry["records"].items()))
 
 
 def entries(out: Path) -> dict[str, dict[str, Any]]:
@@ -58,7 +56,7 @@ def entries(out: Path) -> dict[str, dict[str, Any]]:
         return {}
     data = read_json(path, "agq bench --only borrow")
     if not isinstance(data, dict) or not all(_valid(e) for e in data.values()):
-        raise AgqError(f"{path}: expected {{ROW: {{setting, row, seeds, records}}}}; borrow again with "
+        raise AgqError(f"{path}: expected {{ROW: {{setting, row, records}}}}; borrow again with "
                        "agq bench --only borrow")
     return data
 
@@ -81,9 +79,9 @@ def _read(out: Path, name: str, entry: dict[str, Any], own: Records) -> Records:
     return found
 
 
-def load(out: Path, own: Records) -> Records:
-    """The borrowed records under this setting's row names (see :func:`_read`)."""
-    return [r for name, entry in entries(out).items() for r in _read(out, name, entry, own)]
+def load(out: Path, found: dict[str, dict[str, Any]], own: Records) -> Records:
+    """The records of the borrowed rows ``found`` (:func:`entries`) under this setting's row names."""
+    return [r for name, entry in found.items() for r in _read(out, name, entry, own)]
 
 
 def check_rows(out: Path, rows: list[str]) -> None:
@@ -101,23 +99,20 @@ def _machine_and_code(record: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
 def _check(spec: str, name: str, files: list[tuple[Path, dict[str, Any]]], own: Records,
            runner: Runner) -> None:
     """Each source record is row ``name``'s run here (see the module docstring), else one line."""
-    from agq.training.config import saved_config
-
     seeds: dict[int, Path] = {}
     for path, record in files:
-        seed = int(record["seed"])
+        seed = record["seed"]  # a whole number (table.record_files)
         if seed in seeds:
             raise AgqError(f"--borrow {spec}: {seeds[seed]} and {path} are both seed {seed}")
         seeds[seed] = path
         if not isinstance(record.get("config"), dict):
             raise AgqError(f"--borrow {spec}: {path} has no config (what it ran is unknown)")
-        expected = runner.config(Job(name, seed)).to_dict()
-        bad = differences(saved_config(record["config"], str(path)), expected, ignore=PLACES)
+        bad = runner.first_difference(Job(name, seed), record["config"], str(path), ignore=PLACES)
         if bad:
-            key, there, here = bad[0]
+            key, there, here = bad
             raise AgqError(f"--borrow {spec}: {path} is not the run row {name} is here: config key {key} is "
                            f"{there!r} there, {here!r} here")
-        beside = [r for r in own if int(r["seed"]) == seed
+        beside = [r for r in own if r["seed"] == seed
                   and table.pretraining_of(r) == row(name).pretrain]
         if not beside:
             raise AgqError(f"--borrow {spec}: {runner.records} has no record started from the "
@@ -163,8 +158,7 @@ def declare(out: Path, base: Path, specs: list[str], results: Path) -> dict[str,
             if json.loads(data) != record:
                 raise AgqError(f"--borrow {spec}: {path} changed while it was checked; borrow again")
             hashes[path.name] = bytes_sha256(data)
-        borrowed[name] = {"setting": os.path.relpath(folder, out), "row": source_row,
-                          "seeds": sorted(int(r["seed"]) for _, r in files), "records": hashes}
+        borrowed[name] = {"setting": os.path.relpath(folder, out), "row": source_row, "records": hashes}
         relabelled += [{**r, "row": name} for _, r in files]
         labels += [f"{folder.name}: {p.stem}" for p, _ in files]
     table.check_shared_starts([*own, *relabelled], [*(f"{r['row']}_s{r['seed']}" for r in own), *labels])
@@ -172,13 +166,14 @@ def declare(out: Path, base: Path, specs: list[str], results: Path) -> dict[str,
     return borrowed
 
 
-def markdown(out: Path) -> str | None:
-    """The report's line naming where each borrowed row comes from (None when nothing is borrowed)."""
-    found = entries(out)
+def markdown(found: dict[str, dict[str, Any]], records: Records) -> str | None:
+    """The report's line naming where each borrowed row of ``found`` comes from, with the seeds of its
+    ``records`` (None when nothing is borrowed)."""
     if not found:
         return None
+    seeds = {name: sorted(r["seed"] for r in records if r["row"] == name) for name in found}
     parts = [f"{name} = the records of {e['row']} in {e['setting']} (relative to this folder; seeds "
-             f"{', '.join(map(str, e['seeds']))})" for name, e in found.items()]
+             f"{', '.join(map(str, seeds[name]))})" for name, e in found.items()]
     return ("Borrowed rows: " + "; ".join(parts) + ". Each record was checked, when borrowed, to be the run "
             "that row is here (the same config bar its name and run folder, the same machine, training code "
             f"and pre-trained network as this folder's records of its seed); its sha256 in {BORROWED} is "

@@ -70,14 +70,14 @@ def cost_png(report: dict[str, Any]) -> bytes:
 def write_readme(out: Path, records_dir: Path, base: Path | str) -> Path:
     """README.md from every result present in ``out``."""
     own = table.load_records(records_dir) if records_dir.is_dir() else []
-    records = [*own, *borrow.load(out, own)]
-    source = "the files in this folder"
-    source += f" and the records its {borrow.BORROWED} names" if borrow.entries(out) else ""
+    found = borrow.entries(out)
+    records = [*own, *borrow.load(out, found, own)]
+    source = "the files in this folder" + (f" and the records its {borrow.BORROWED} names" if found else "")
     parts = ["# agq benchmark results", "",
              f"Written by `agq bench` (bench/); every number below comes from {source}."]
     if records:
         parts += ["", write_accuracy(records, out, title(base)), "![test accuracy per epoch](fig3.png)"]
-        borrowed = borrow.markdown(out)
+        borrowed = borrow.markdown(found, records)
         parts += ["", borrowed] if borrowed else []
     cost_json = out / "cost.json"
     if cost_json.is_file():
